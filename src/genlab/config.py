@@ -1,0 +1,170 @@
+"""Typed, validated configuration: one class per `params.yaml` section.
+
+Validation happens at the edge, before any work starts: an unknown key, a wrong type or an
+out-of-range value raises `ConfigError` with one line naming the key and what was expected.
+Defaults are documented once, next to each field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from genlab.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    source: Literal["digits"] = "digits"  # scikit-learn's load_digits, shipped inside the package
+    image_size: int = Field(16, ge=8, le=64)  # digits are 8x8; bilinear-resized to this (power of two)
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)  # also the sample count of every FID in `evaluate`
+
+    @model_validator(mode="after")
+    def _power_of_two(self) -> DataConfig:
+        if self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two, got {self.image_size}")
+        return self
+
+
+class TrainConfig(Section):
+    """Keys every training stage shares. Progress is counted in images seen, not epochs."""
+
+    train_images: int = Field(ge=1)  # total training images seen (steps = train_images // batch_size)
+    batch_size: int = Field(64, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    log_every_images: int = Field(2048, ge=1)  # loss curve / MLflow metric interval
+    checkpoint_every_images: int = Field(20000, ge=1)  # training-state interval (resume point)
+
+
+class EvaluatorConfig(TrainConfig):
+    train_images: int = Field(40000, ge=1)
+    width: int = Field(32, ge=4, le=512)  # channels of the first conv; features are 4*width wide
+
+
+class VAEConfig(TrainConfig):
+    train_images: int = Field(150000, ge=1)
+    base_channels: int = Field(32, ge=4, le=512)
+    latent_channels: int = Field(4, ge=1, le=64)
+    downsample: int = Field(1, ge=0, le=4)  # number of 2x downsamplings: latent is size / 2**downsample
+    beta: float = Field(1.0, ge=0)  # weight of KL(q(z|x) || N(0, I)) in the loss
+    kl_warmup_images: int = Field(20000, ge=0)  # beta ramps linearly from 0 over this many images
+    recon_sigma: float = Field(0.1, gt=0)  # std of the Gaussian decoder: recon = ||x - x_hat||^2 / (2 sigma^2)
+    plain_autoencoder: bool = False  # drop the KL term and sampling: a deterministic AE baseline
+
+
+class LDMConfig(TrainConfig):
+    train_images: int = Field(240000, ge=1)
+    batch_size: int = Field(128, ge=1, le=4096)
+    lr: float = Field(5e-4, gt=0, le=1.0)
+    base_channels: int = Field(48, ge=8, le=1024)
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # one U-Net level each; level i is latent_size / 2**i
+    num_res_blocks: int = Field(1, ge=1, le=8)
+    attention_levels: tuple[int, ...] = (2,)  # indices into channel_mults that get self-attention
+    timesteps: int = Field(1000, ge=2, le=10000)
+    schedule: Literal["linear", "cosine"] = "linear"
+    p_uncond: float = Field(0.1, ge=0, lt=1)  # probability a label is replaced by the null label
+    ema_halflife_images: int = Field(20000, ge=1)  # EMA half-life in images, ramped up as 0.1 * images seen
+    sample_steps: int = Field(50, ge=1)  # DDIM steps at sampling time
+    eta: float = Field(0.0, ge=0, le=1)  # DDIM eta: 0 deterministic, 1 DDPM-like
+    guidance_scale: float = Field(2.0, ge=0)  # eps = eps_u + w (eps_c - eps_u); 1 = no guidance
+
+    @model_validator(mode="after")
+    def _levels(self) -> LDMConfig:
+        if not self.channel_mults:
+            raise ValueError("channel_mults must not be empty")
+        bad = [i for i in self.attention_levels if not 0 <= i < len(self.channel_mults)]
+        if bad:
+            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1}")
+        if self.sample_steps > self.timesteps:
+            raise ValueError(f"sample_steps ({self.sample_steps}) must be <= timesteps ({self.timesteps})")
+        return self
+
+
+class GANConfig(TrainConfig):
+    train_images: int = Field(150000, ge=1)
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    z_dim: int = Field(64, ge=1, le=1024)
+    base_channels: int = Field(32, ge=4, le=1024)
+    ema_halflife_images: int = Field(10000, ge=1)  # EMA half-life of the generator, in images
+
+
+class SampleConfig(Section):
+    n_per_class: int = Field(36, ge=1)  # conditional models: n_per_class images of each class
+    seed: int = Field(1234, ge=0)  # image i of family f has its own seed derived from (seed, f, i)
+    batch_size: int = Field(256, ge=1)
+
+
+class EvaluateConfig(Section):
+    kid_subset_size: int = Field(100, ge=2)  # clipped to the sample count
+    pr_neighbourhood: int = Field(3, ge=1)  # k of the k-NN manifolds of precision/recall
+    feature_extractor_weights_path: str | None = None  # an Inception-v3 weights file: standard FID
+    batch_size: int = Field(256, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    data: DataConfig = DataConfig()
+    evaluator: EvaluatorConfig = EvaluatorConfig()
+    vae: VAEConfig = VAEConfig()
+    ldm: LDMConfig = LDMConfig()
+    gan: GANConfig = GANConfig()
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if err["type"] == "value_error":  # a cross-field rule: its message names the key and the value
+        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+    return f"{key}: {err['msg']}, got {err.get('input')!r}"
+
+
+def validate(raw: Any, source: str = "params") -> Params:
+    """Validate a parsed params mapping; raise ConfigError naming the first bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more)" if more else ""
+        raise ConfigError(f"{source}: {_describe(first)}{suffix}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return validate(raw or {}, str(path))
+
+
+def to_json(section: BaseModel) -> str:
+    return json.dumps(section.model_dump(mode="json"), indent=2, sort_keys=True)
+
+
+def flatten(section: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Flat {"a.b": value} view of a config, for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in section.model_dump(mode="json").items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update({f"{name}.{k}": v for k, v in value.items()})
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,1 @@
+"""Diffusion math: schedules, training loss, samplers and guidance. Pure torch."""

@@ -1,0 +1,52 @@
+"""Pictures a person would rather look at than read: sample grids and loss curves."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> [0, 255] uint8, same shape."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 4) -> None:
+    """(N, C, S, S) in [-1, 1] -> one PNG, `nrow` images a row, each upscaled `scale` times."""
+    n, c, s, _ = images.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    pad = 1
+    canvas = torch.full((c, rows * (s + pad) + pad, nrow * (s + pad) + pad), 255, dtype=torch.uint8)
+    for i, img in enumerate(to_uint8(images.cpu())):
+        r, k = divmod(i, nrow)
+        canvas[:, pad + r * (s + pad): pad + r * (s + pad) + s, pad + k * (s + pad): pad + k * (s + pad) + s] = img
+    arr = canvas.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
+    pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path)
+
+
+def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
+    """Every loss column against images seen, one panel each."""
+    cols = [c for c in history.columns if c != "images_seen"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3), squeeze=False)
+    for ax, col in zip(axes[0], cols, strict=True):
+        ax.plot(history["images_seen"], history[col])
+        ax.set_xlabel("images seen")
+        ax.set_title(col)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

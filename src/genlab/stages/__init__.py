@@ -1,0 +1,1 @@
+"""One module per pipeline stage: `run(cfg, ctx)` reads its params section, writes its outputs."""

@@ -1,0 +1,87 @@
+"""What every stage shares: its context, output writing and the training-stage epilogue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from pydantic import BaseModel
+
+from genlab import tracking
+from genlab.checkpoint import save_snapshot, save_train_state
+from genlab.config import flatten, to_json
+from genlab.data import splits
+from genlab.images import save_curves
+from genlab.paths import Paths, atomic_write
+from genlab.training import Trainable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Context:
+    paths: Paths
+    seed: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Data:
+    train: splits.Split
+    val: splits.Split
+    test: splits.Split
+    manifest: dict
+
+    @property
+    def hash(self) -> str:
+        return self.manifest["content_hash"]
+
+
+def load_data(ctx: Context) -> Data:
+    root = ctx.paths.prepared
+    manifest = splits.read_manifest(root)
+    return Data(*(splits.read(root, name) for name in splits.SPLITS), manifest=manifest)
+
+
+def fingerprint(stage: str, cfg: BaseModel, seed: int, data_hash: str, *extra: str) -> str:
+    """Identity of a training run: a checkpoint with another fingerprint is never resumed."""
+    return hashlib.sha256("|".join([stage, to_json(cfg), str(seed), data_hash, *extra]).encode()).hexdigest()
+
+
+def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str):  # noqa: ANN201 (context manager)
+    return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
+                                                      **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash})
+
+
+def write_metrics(ctx: Context, stage: str, metrics: dict[str, Any]) -> None:
+    atomic_write(ctx.paths.metrics(stage), json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+def save_training(out: Path, stage: str, cfg: BaseModel, trainable: Trainable, snapshot: torch.nn.Module,
+                  snapshot_config: dict[str, Any], fp: str) -> pd.DataFrame:
+    """Snapshot (sampling weights), training state (resume), resolved config and loss curve into `out`."""
+    save_snapshot(snapshot, out / "model.safetensors", snapshot_config)
+    save_train_state(trainable.state_dict(fp, cfg.batch_size), out / "train_state.pt")
+    (out / "config.json").write_text(to_json(cfg) + "\n")
+    history = pd.DataFrame(trainable.history)
+    save_curves(history, out / "loss.png", stage)
+    return history
+
+
+def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path, history: pd.DataFrame,
+                    metrics: dict[str, Any]) -> None:
+    """After the outputs are in place: metrics JSON, loss-curve CSV (DVC plot), MLflow, drop the checkpoint."""
+    write_metrics(ctx, stage, metrics)
+    atomic_write(ctx.paths.plot(stage), history.to_csv(index=False))
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
+    for path in sorted(out.iterdir()):
+        if path.name != "train_state.pt":  # resume state stays in DVC's cache, not in every MLflow run
+            run.log_artifact(path, "outputs")
+    (out / "mlflow_run.json").write_text(json.dumps({"run_id": run.run_id}) + "\n")
+    ctx.paths.checkpoint(stage).unlink(missing_ok=True)

@@ -1,0 +1,61 @@
+"""Stage `train_gan`: class-conditional GAN baseline in image space, hinge loss, EMA generator."""
+
+from __future__ import annotations
+
+import torch
+
+from genlab.config import GANConfig
+from genlab.models.ema import ema_copy, ema_decay, ema_update
+from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss
+from genlab.paths import staged_dir
+from genlab.stages.common import Context, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.training import Trainable, train
+
+STAGE = "train_gan"
+
+
+def run(cfg: GANConfig, ctx: Context) -> dict:
+    data = load_data(ctx)
+    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
+    k = data.manifest["num_classes"]
+    g_net = {"z_dim": cfg.z_dim, "num_classes": k, "base": cfg.base_channels, "image_size": s, "channels": c}
+    G = Generator(**g_net).to(ctx.device)
+    D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=s, channels=c).to(ctx.device)
+    G_ema = ema_copy(G)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
+    trainable = Trainable({"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d})
+    x_all, y_all = data.train.images, data.train.labels
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        G.train()
+        D.train()
+        x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
+        z = torch.randn((len(idx), cfg.z_dim), generator=g).to(ctx.device)
+        y_fake = torch.randint(0, k, (len(idx),), generator=g).to(ctx.device)
+        fake = G(z, y_fake)
+        real_scores, fake_scores = D(x, y), D(fake.detach(), y_fake)
+        loss_d = d_hinge_loss(real_scores, fake_scores)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        loss_g = g_hinge_loss(D(fake, y_fake))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "d_real": real_scores.mean().item(),
+                "d_fake": fake_scores.mean().item()}
+
+    fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
+    with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
+        train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
+              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
+        last = trainable.history[-1]
+        metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"],
+                   "images_seen": trainable.step * cfg.batch_size}
+        out_dir = ctx.paths.model("gan")
+        with staged_dir(out_dir) as out:
+            history = save_training(out, STAGE, cfg, trainable, G_ema, {"network": g_net, "image_size": s}, fp)
+        finish_training(ctx, STAGE, mlrun, out_dir, history, metrics)
+    return metrics

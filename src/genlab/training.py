@@ -1,0 +1,113 @@
+"""The one training loop every stage uses: counted in images seen, resumable exactly.
+
+Each step's randomness comes from `randomness.generator(seed, stage, "step", step)` and its batch
+from `randomness.batch_indices(seed, step, ...)`, so the training state needs no RNG state: the
+modules, optimizers, step and loss history (tensors and plain numbers) are enough to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from genlab.checkpoint import load_train_state, save_train_state
+from genlab.config import TrainConfig
+from genlab.randomness import batch_indices, generator
+
+log = logging.getLogger(__name__)
+
+StepFn = Callable[[torch.Tensor, torch.Generator], dict[str, float]]
+LogFn = Callable[[dict[str, float], int], None]  # (metrics, images seen)
+
+
+@dataclass
+class Trainable:
+    """What a training state holds: named modules (EMA copies included) and optimizers."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    history: list[dict[str, float]] = field(default_factory=list)
+    step: int = 0
+    sums: dict[str, float] = field(default_factory=dict)  # losses summed since the last logged row
+    count: int = 0  # steps summed in `sums`
+
+    def state_dict(self, fingerprint: str, batch_size: int) -> dict[str, Any]:
+        return {
+            "fingerprint": fingerprint,
+            "step": self.step,
+            "images_seen": self.step * batch_size,
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "history": self.history,
+            "pending": {"sums": dict(self.sums), "count": self.count},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, m in self.modules.items():
+            m.load_state_dict(state["modules"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.history = list(state["history"])
+        self.step = int(state["step"])
+        self.sums, self.count = dict(state["pending"]["sums"]), int(state["pending"]["count"])
+
+
+def try_resume(trainable: Trainable, ckpt: Path, fingerprint: str) -> bool:
+    """Load `ckpt` if it belongs to this exact run (same config and data); otherwise start fresh."""
+    if not ckpt.is_file():
+        return False
+    state = load_train_state(ckpt)
+    if state.get("fingerprint") != fingerprint:
+        log.warning("%s: training state is from another config or data; starting fresh", ckpt)
+        return False
+    trainable.load_state_dict(state)
+    log.info("resumed %s at step %d (%d images seen)", ckpt, state["step"], state["images_seen"])
+    return True
+
+
+def train(
+    stage: str,
+    cfg: TrainConfig,
+    trainable: Trainable,
+    step_fn: StepFn,
+    *,
+    seed: int,
+    n_train: int,
+    ckpt: Path,
+    fingerprint: str,
+    on_log: LogFn | None = None,
+) -> Trainable:
+    """Run `step_fn` until `cfg.train_images` images are seen; checkpoint and log at fixed intervals."""
+    batch = min(cfg.batch_size, n_train)
+    total_steps = max(1, cfg.train_images // batch)
+    log_every = max(1, cfg.log_every_images // batch)
+    ckpt_every = max(1, cfg.checkpoint_every_images // batch)
+    t = trainable
+    try_resume(t, ckpt, fingerprint)
+    bar = tqdm(total=total_steps * batch, initial=t.step * batch, unit="img", desc=stage,
+               mininterval=2.0, unit_scale=True, dynamic_ncols=True)
+    while t.step < total_steps:
+        step = t.step
+        losses = step_fn(batch_indices(seed, step, n_train, batch), generator(seed, stage, "step", step))
+        t.step = step + 1
+        for k, v in losses.items():
+            t.sums[k] = t.sums.get(k, 0.0) + v
+        t.count += 1
+        bar.update(batch)
+        if t.step % log_every == 0 or t.step == total_steps:
+            row = {"images_seen": float(t.step * batch), **{k: v / t.count for k, v in t.sums.items()}}
+            t.history.append(row)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "images_seen"}, refresh=False)
+            if on_log is not None:
+                on_log({k: v for k, v in row.items() if k != "images_seen"}, t.step * batch)
+            t.sums, t.count = {}, 0
+        if t.step % ckpt_every == 0 and t.step < total_steps:
+            save_train_state(t.state_dict(fingerprint, batch), ckpt)
+    bar.close()
+    return t

@@ -1,0 +1,94 @@
+"""Shared fixtures: a tiny CPU configuration and a hermetic copy of the project.
+
+Hermetic: MLflow's store, PREFECT_HOME and every output live under pytest's tmp path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough to run every stage on 2 CPU cores in about a minute, large enough to be real.
+TINY_PARAMS = {
+    "seed": 0,
+    "device": "cpu",
+    "data": {"image_size": 16},
+    "evaluator": {"train_images": 8000, "batch_size": 64, "width": 16, "log_every_images": 2000},
+    "vae": {"train_images": 3000, "batch_size": 64, "base_channels": 8, "kl_warmup_images": 1000,
+            "log_every_images": 1000},
+    "ldm": {"train_images": 2000, "batch_size": 64, "base_channels": 16, "channel_mults": [1, 2],
+            "attention_levels": [1], "timesteps": 100, "sample_steps": 5, "log_every_images": 512,
+            "ema_halflife_images": 500, "guidance_scale": 2.0},
+    "gan": {"train_images": 2000, "batch_size": 64, "base_channels": 8, "log_every_images": 512},
+    "sample": {"n_per_class": 4, "seed": 7},
+    "evaluate": {"kid_subset_size": 20},
+}
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml (every key DVC tracks must exist) with the tiny overrides."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in TINY_PARAMS.items():
+        if isinstance(value, dict):
+            params[key] = {**params[key], **value}
+        else:
+            params[key] = value
+    return params
+
+
+def hermetic_env(tmp: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "PREFECT_HOME": str(tmp / "prefect"),
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GIT_AUTHOR_NAME": "genlab-test",
+        "GIT_AUTHOR_EMAIL": "test@genlab.invalid",
+        "GIT_COMMITTER_NAME": "genlab-test",
+        "GIT_COMMITTER_EMAIL": "test@genlab.invalid",
+    }
+
+
+def sh(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        output = f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A git + DVC copy of the project with the tiny params, and its hermetic environment."""
+    tmp = tmp_path_factory.mktemp("genlab")
+    root = tmp / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", "flows", "src", "data/README.md", ".gitignore"):
+        src = REPO / name
+        dst = root / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dst)
+    (root / ".dvc").mkdir()
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    shutil.copy2(REPO / ".dvc" / ".gitignore", root / ".dvc" / ".gitignore")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = hermetic_env(tmp)
+    sh(["git", "init", "-q", "-b", "main"], root, env)
+    sh(["git", "add", "-A"], root, env)
+    sh(["git", "commit", "-q", "-m", "tiny genlab project"], root, env)
+    return root, env

@@ -1,0 +1,142 @@
+"""End to end: `dvc repro` on the tiny params in a temporary copy, then the no-op repro, an
+experiment, and the Prefect flow. Stages run in order within this module (one shared project)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from tests.conftest import sh
+
+FAMILIES = ("vae", "ldm", "gan")
+STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_gan", "sample", "evaluate")
+
+
+@pytest.fixture(scope="module")
+def repro(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str], str]:
+    root, env = project
+    out = sh(["dvc", "repro"], root, env)
+    return root, env, out.stdout
+
+
+def test_repro_writes_every_output(repro: tuple[Path, dict[str, str], str]) -> None:
+    root, _, stdout = repro
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in stdout
+        assert (root / "metrics" / f"{stage}.json").is_file()
+    manifest = json.loads((root / "data/prepared/manifest.json").read_text())
+    assert manifest["counts"] == {"train": 1257, "val": 180, "test": 360}
+    assert sum(manifest["counts"].values()) == 1797
+    for name in ("evaluator", *FAMILIES):
+        d = root / "models" / name
+        for f in ("model.safetensors", "train_state.pt", "config.json", "loss.png"):
+            assert (d / f).is_file(), d / f
+        state = torch.load(d / "train_state.pt", weights_only=True)
+        assert state["images_seen"] > 0 and state["step"] > 0
+    for fam in FAMILIES:
+        s = load_file(str(root / "samples" / f"{fam}.safetensors"))
+        assert s["images"].shape == (40, 1, 16, 16)
+        assert s["images"].min() >= -1 and s["images"].max() <= 1
+        assert len(set(s["seeds"].tolist())) == 40  # every image has its own seed
+        assert (root / "samples" / f"{fam}.png").stat().st_size > 0
+    assert (root / "plots" / "train_ldm.csv").is_file()
+    assert not (root / "checkpoints" / "train_ldm.pt").exists()  # in-progress state dropped once finished
+
+
+def test_evaluate_metrics_are_sane(repro: tuple[Path, dict[str, str], str]) -> None:
+    root = repro[0]
+    m = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert "not Inception" in m["feature_extractor"]
+    floor = m["floor"]["fid"]
+    assert floor >= 0
+    for fam in FAMILIES:
+        assert np.isfinite(m[fam]["fid"]) and m[fam]["fid"] > floor  # tiny models cannot beat held-out data
+        assert m[fam]["fid_ratio"] == pytest.approx(m[fam]["fid"] / floor)
+        assert 0 <= m[fam]["precision"] <= 1 and 0 <= m[fam]["recall"] <= 1
+    assert 0 <= m["ldm"]["class_accuracy"] <= 1 and "class_accuracy" not in m["vae"]
+    table = pd.read_csv(root / "reports" / "comparison.csv")
+    assert list(table["family"]) == ["data floor (test vs train)", *FAMILIES]
+    assert table.loc[table.family == "ldm", "fid"].item() == pytest.approx(m["ldm"]["fid"])
+    acc = json.loads((root / "metrics" / "train_evaluator.json").read_text())["test_accuracy"]
+    assert acc > 0.8
+
+
+def test_mlflow_runs_and_registry(repro: tuple[Path, dict[str, str], str]) -> None:
+    root, env = repro[0], repro[1]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    runs = mlflow.search_runs(experiment_names=["genlab"], output_format="pandas")
+    data_hash = json.loads((root / "data/prepared/manifest.json").read_text())["content_hash"]
+    head = sh(["git", "rev-parse", "HEAD"], root, env).stdout.strip()
+    for stage in STAGES:
+        row = runs[runs["tags.genlab.stage"] == stage]
+        assert len(row) == 1, stage
+        assert row["tags.genlab.data_hash"].item() == data_hash
+        assert row["tags.genlab.git_commit"].item() == head
+    ldm_run = runs[runs["tags.genlab.stage"] == "train_ldm"].iloc[0]
+    assert ldm_run["params.cfg.guidance_scale"] == "2.0"
+    history = client.get_metric_history(ldm_run.run_id, "loss")
+    assert len(history) >= 3 and history[-1].step == 1984  # logged per step, counted in images seen
+    for fam in FAMILIES:
+        champion = client.get_model_version_by_alias(f"genlab-{fam}", "champion")
+        assert float(champion.tags["fid"]) > 0 and champion.tags["data_hash"] == data_hash
+
+
+def test_champion_ldm_loads_and_reproduces_samples(repro: tuple[Path, dict[str, str], str]) -> None:
+    root, env = repro[0], repro[1]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    model = mlflow.pyfunc.load_model("models:/genlab-ldm@champion")
+    s = load_file(str(root / "samples" / "ldm.safetensors"))
+    pick = [0, 13, 39]
+    inp = pd.DataFrame({"label": s["labels"][pick].numpy(), "seed": s["seeds"][pick].numpy()})
+    out = model.predict(inp)
+    assert out.shape == (3, 1, 16, 16) and out.dtype == np.float32
+    # the served model regenerates the sample stage's images from (label, seed) alone
+    np.testing.assert_allclose(out, s["images"][pick].numpy(), atol=1e-4)
+    other = model.predict(inp, params={"guidance_scale": 0.0})
+    assert not np.allclose(other, out, atol=1e-3)
+
+
+def test_second_repro_does_nothing(repro: tuple[Path, dict[str, str], str]) -> None:
+    root, env = repro[0], repro[1]
+    before = {p: p.stat().st_mtime_ns for p in (root / "models").rglob("*.safetensors")}
+    out = sh(["dvc", "repro"], root, env).stdout
+    assert "Running stage" not in out
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_param_change_reruns_only_dependents_through_prefect(repro: tuple[Path, dict[str, str], str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    root, env = repro[0], repro[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["ldm"]["guidance_scale"] = 3.0
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "PATH"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.syspath_prepend(str(root / "flows"))
+    sys.modules.pop("pipeline", None)
+    import pipeline as flow_module
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        results = flow_module.pipeline(root=str(root))
+    assert set(results) == set(STAGES)
+    assert {s for s, status in results.items() if status == "ran"} == {"sample", "evaluate"}
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["genlab"], output_format="pandas")
+    parent = runs[runs["tags.genlab.stage"] == "pipeline"]
+    assert len(parent) == 1 and parent["status"].item() == "FINISHED"
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.item()]
+    assert set(children["tags.genlab.stage"]) == {"sample", "evaluate"}
+    m = json.loads((root / "metrics" / "evaluate.json").read_text())
+    assert m["registry"]["ldm"]["version"] == "2"
