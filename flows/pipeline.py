@@ -21,7 +21,7 @@ from pathlib import Path
 
 import networkx as nx
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from genlab.tracking import parent_run
 
@@ -65,8 +65,13 @@ def publish_comparison(root: Path) -> None:
     with table.open() as f:
         rows = list(csv.DictReader(f))
     create_table_artifact(key="genlab-comparison", table=rows, description="FID/KID/precision/recall by family")
-    create_markdown_artifact(key="genlab-comparison-report", markdown=md.read_text(),
+    report = root / "reports" / "report.html"
+    create_markdown_artifact(key="genlab-comparison-report",
+                             markdown=md.read_text() + f"\n\nFull report (self-contained HTML): `{report}`\n",
                              description="genlab comparison report")
+    if report.is_file():
+        create_link_artifact(key="genlab-html-report", link=report.resolve().as_uri(), link_text="genlab report",
+                             description="self-contained HTML report of this run")
 
 
 @flow(name="genlab-pipeline")

@@ -32,7 +32,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (ev.log_every_images, ev.checkpoint_every_images) == (2048, 20000)
     v = p.vae
     assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (150000, 32, 4, 1)
-    assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.plain_autoencoder) == (1.0, 20000, 0.1, False)
+    assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.1, True)
     m = p.ldm
     assert (m.train_images, m.batch_size, m.lr, m.base_channels) == (240000, 128, 5e-4, 48)
     assert (m.channel_mults, m.num_res_blocks, m.attention_levels) == ((1, 2, 2), 1, (2,))

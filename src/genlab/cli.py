@@ -1,4 +1,4 @@
-"""`genlab <stage>`: what dvc.yaml runs. Thin: parse arguments, validate params, call the stage."""
+"""`genlab <stage>` (what dvc.yaml runs) and `genlab compare`. Thin: parse, validate, call."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ STAGES = {
     "train_ldm": ("ldm",),
     "train_gan": ("gan",),
     "sample": ("sample", "ldm"),
+    "guidance_sweep": ("sample", "ldm"),
     "evaluate": ("evaluate", "ldm"),
 }
 
@@ -35,15 +36,39 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx)
 
 
+def run_compare(args: argparse.Namespace) -> None:
+    from genlab.compare import compare, render
+
+    df = compare(Path.cwd(), args.experiment, args.family, args.data_hash, args.sort, args.descending, args.limit)
+    print(render(df, args.format))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="genlab", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="{stage,compare}")
+    for stage in STAGES:
+        s = sub.add_parser(stage, help=f"run the {stage} stage")
+        s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    c = sub.add_parser("compare", help="models across MLflow runs and experiments, as one table")
+    c.add_argument("--experiment", action="append", help="experiment name (repeatable; default: genlab)")
+    c.add_argument("--family", choices=("vae", "ldm", "gan"), help="only this model family")
+    c.add_argument("--data-hash", help="only runs on data whose hash starts with this")
+    c.add_argument("--sort", default="fid", help="column to sort by (default: %(default)s)")
+    c.add_argument("--descending", action="store_true", help="sort descending")
+    c.add_argument("--limit", type=int, help="at most this many rows")
+    c.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="genlab", description=__doc__)
-    parser.add_argument("stage", choices=sorted(STAGES), help="pipeline stage to run")
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        run_stage(args.stage, args.params)
+        if args.command == "compare":
+            run_compare(args)
+        else:
+            run_stage(args.command, args.params)
     except GenlabError as exc:
         print(f"genlab: error: {exc}", file=sys.stderr)
         return 2

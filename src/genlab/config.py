@@ -57,7 +57,10 @@ class VAEConfig(TrainConfig):
     beta: float = Field(1.0, ge=0)  # weight of KL(q(z|x) || N(0, I)) in the loss
     kl_warmup_images: int = Field(20000, ge=0)  # beta ramps linearly from 0 over this many images
     recon_sigma: float = Field(0.1, gt=0)  # std of the Gaussian decoder: recon = ||x - x_hat||^2 / (2 sigma^2)
-    plain_autoencoder: bool = False  # drop the KL term and sampling: a deterministic AE baseline
+    ae_baseline: bool = True  # also train a plain autoencoder (no KL, no sampling) to show what the KL buys
+    ae_train_images: int = Field(50000, ge=1)
+    traversal_directions: int = Field(6, ge=1, le=32)  # principal latent directions shown as "knobs"
+    interpolation_steps: int = Field(10, ge=2, le=64)
 
 
 class LDMConfig(TrainConfig):
@@ -100,6 +103,13 @@ class SampleConfig(Section):
     n_per_class: int = Field(36, ge=1)  # conditional models: n_per_class images of each class
     seed: int = Field(1234, ge=0)  # image i of family f has its own seed derived from (seed, f, i)
     batch_size: int = Field(256, ge=1)
+    guidance_sweep: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)  # LDM scales scored by `guidance_sweep`
+
+    @model_validator(mode="after")
+    def _sweep(self) -> SampleConfig:
+        if any(w < 0 for w in self.guidance_sweep):
+            raise ValueError(f"guidance_sweep scales must be >= 0, got {list(self.guidance_sweep)}")
+        return self
 
 
 class EvaluateConfig(Section):

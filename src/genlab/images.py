@@ -50,3 +50,19 @@ def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def save_tradeoff(table: pd.DataFrame, path: Path) -> None:
+    """FID against class accuracy, one point per guidance scale (columns guidance_scale, fid, class_accuracy)."""
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(table["class_accuracy"], table["fid"], "o-")
+    for _, r in table.iterrows():
+        ax.annotate(f"w={r.guidance_scale:g}", (r.class_accuracy, r.fid), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("class accuracy (evaluator)")
+    ax.set_ylabel("FID (evaluator features)")
+    ax.set_title("LDM: guidance scale trade-off")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

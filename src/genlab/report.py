@@ -8,7 +8,8 @@ import pandas as pd
 
 from genlab.paths import atomic_write
 
-COLUMNS = ["family", "fid", "fid_ratio", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "n"]
+COLUMNS = ["family", "fid", "fid_ratio", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "n",
+           "images_seen", "train_seconds"]
 
 
 def comparison_table(results: dict[str, dict]) -> pd.DataFrame:

@@ -63,6 +63,9 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)
+
     def log_dict(self, data: dict[str, Any], name: str) -> None:
         mlflow.log_dict(data, name)
 
@@ -173,3 +176,15 @@ def promote_if_better(ref: dict[str, Any], score: float, protocol: dict[str, str
     client.set_model_version_tag(name, version, "promotion", json.dumps(decision))
     log.info("%s v%s: %s (%s)", name, version, "promoted" if decision["promoted"] else "kept", decision["reason"])
     return decision
+
+
+def search_runs(root: Path, experiments: list[str] | None, filter_string: str = "") -> pd.DataFrame:
+    """Runs of the given experiments (default: genlab's) as a DataFrame, newest first."""
+    mlflow.set_tracking_uri(tracking_uri(root))
+    return mlflow.search_runs(experiment_names=experiments or [EXPERIMENT], filter_string=filter_string,
+                              output_format="pandas", order_by=["attributes.start_time DESC"])
+
+
+def experiment_names(ids: list[str]) -> dict[str, str]:
+    client = MlflowClient()
+    return {i: client.get_experiment(i).name for i in ids}

@@ -8,6 +8,7 @@ modules, optimizers, step and loss history (tensors and plain numbers) are enoug
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Trainable:
     step: int = 0
     sums: dict[str, float] = field(default_factory=dict)  # losses summed since the last logged row
     count: int = 0  # steps summed in `sums`
+    seconds: float = 0.0  # wall time spent in training steps, summed across resumes
 
     def state_dict(self, fingerprint: str, batch_size: int) -> dict[str, Any]:
         return {
@@ -46,6 +48,7 @@ class Trainable:
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "history": self.history,
             "pending": {"sums": dict(self.sums), "count": self.count},
+            "seconds": self.seconds,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -56,6 +59,7 @@ class Trainable:
         self.history = list(state["history"])
         self.step = int(state["step"])
         self.sums, self.count = dict(state["pending"]["sums"]), int(state["pending"]["count"])
+        self.seconds = float(state["seconds"])
 
 
 def try_resume(trainable: Trainable, ckpt: Path, fingerprint: str) -> bool:
@@ -93,9 +97,11 @@ def train(
     bar = tqdm(total=total_steps * batch, initial=t.step * batch, unit="img", desc=stage,
                mininterval=2.0, unit_scale=True, dynamic_ncols=True)
     while t.step < total_steps:
+        start = time.perf_counter()
         step = t.step
         losses = step_fn(batch_indices(seed, step, n_train, batch), generator(seed, stage, "step", step))
         t.step = step + 1
+        t.seconds += time.perf_counter() - start
         for k, v in losses.items():
             t.sums[k] = t.sums.get(k, 0.0) + v
         t.count += 1

@@ -1,1 +1,2 @@
-"""Diffusion math: schedules, training loss, samplers and guidance. Pure torch."""
+"""Diffusion math, pure torch: schedules, objectives (eps / v), training loss, posterior, samplers, guidance and
+the variational bound."""

@@ -54,3 +54,26 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the H*W positions of a feature map to context tokens, residual.
+
+    Queries are the GroupNormed feature map (B, HW, C); keys and values are the LayerNormed context
+    (B, L, context_dim), projected to C inside the attention (kdim = vdim = context_dim).
+    `mask` (B, L) is True for tokens to attend to; False positions get no weight at all.
+    """
+
+    def __init__(self, channels: int, context_dim: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = norm(channels)
+        self.context_norm = nn.LayerNorm(context_dim)
+        self.attn = nn.MultiheadAttention(channels, heads, kdim=context_dim, vdim=context_dim, batch_first=True)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        kv = self.context_norm(context)  # (B, L, context_dim)
+        padding = None if mask is None else ~mask  # key_padding_mask: True = ignore
+        out, _ = self.attn(q, kv, kv, key_padding_mask=padding, need_weights=False)
+        return x + out.transpose(1, 2).reshape(b, c, h, w)

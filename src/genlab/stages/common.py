@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel
 
 from genlab import tracking
-from genlab.checkpoint import save_snapshot, save_train_state
+from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
 from genlab.config import flatten, to_json
 from genlab.data import splits
 from genlab.images import save_curves
@@ -77,11 +77,14 @@ def save_training(out: Path, stage: str, cfg: BaseModel, trainable: Trainable, s
 def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path, history: pd.DataFrame,
                     metrics: dict[str, Any]) -> None:
     """After the outputs are in place: metrics JSON, loss-curve CSV (DVC plot), MLflow, drop the checkpoint."""
+    state = load_train_state(out / "train_state.pt")
+    metrics = {**metrics, "images_seen": state["images_seen"], "train_seconds": round(state["seconds"], 2)}
     write_metrics(ctx, stage, metrics)
     atomic_write(ctx.paths.plot(stage), history.to_csv(index=False))
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     for path in sorted(out.iterdir()):
         if path.name != "train_state.pt":  # resume state stays in DVC's cache, not in every MLflow run
             run.log_artifact(path, "outputs")
-    (out / "mlflow_run.json").write_text(json.dumps({"run_id": run.run_id}) + "\n")
+    summary = {"run_id": run.run_id, "images_seen": metrics["images_seen"], "train_seconds": metrics["train_seconds"]}
+    (out / "training.json").write_text(json.dumps(summary) + "\n")
     ctx.paths.checkpoint(stage).unlink(missing_ok=True)

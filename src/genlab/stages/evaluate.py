@@ -11,6 +11,7 @@ it beats the current champion on the same protocol (data hash and extractor).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genlab import html_report
 from genlab.config import EvaluateConfig, LDMConfig
 from genlab.metrics import fid
 from genlab.report import comparison_table, write_comparison
@@ -44,6 +46,9 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, evaluator: Path) -> dic
         m = fid.compute(s["images"], data.train.images, **common)
         m["fid_ratio"] = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("nan")
         m["n"] = len(s["images"])
+        training = json.loads((ctx.paths.model(family) / "training.json").read_text())
+        m.update(images_seen=training["images_seen"], train_seconds=training["train_seconds"],
+                 train_run_id=training["run_id"])
         if (s["labels"] >= 0).all():
             m["class_accuracy"] = fid.class_accuracy(evaluator, s["images"], s["labels"])
         results[family] = m
@@ -93,10 +98,17 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, ctx: Context) -> dict:
         md, csv = write_comparison(table, ctx.paths.reports, f"FID tier: {fid.EXTRACTOR_NOTE}.")
         for family, m in results.items():
             key = family.split(" ")[0].replace("data", "floor")
-            mlrun.log_metrics({f"{key}_{k}": v for k, v in m.items() if isinstance(v, float) and np.isfinite(v)})
+            mlrun.log_metrics({f"{key}_{k}": v for k, v in m.items()
+                               if isinstance(v, int | float) and np.isfinite(v)})
+            if "train_run_id" in m:
+                mlrun.set_tags({f"genlab.{key}.train_run_id": m["train_run_id"]})
+        mlrun.set_tags({f"genlab.protocol.{k}": v for k, v in protocol.items()})
+        mlrun.log_metrics({f"ldm_{k}": v for k, v in ldm_settings(ldm).items()})
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
         decisions = register_and_promote(ctx, mlrun, ldm, results, protocol)
+        page = html_report.build(ctx.paths.root, table, f"FID tier: {fid.EXTRACTOR_NOTE}.", protocol, decisions)
+        mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": fid.EXTRACTOR_NOTE, "protocol": protocol,
                    "floor": results["data floor (test vs train)"],
                    **{f: results[f] for f in FAMILIES}, "registry": decisions}

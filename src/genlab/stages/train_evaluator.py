@@ -46,7 +46,6 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
         metrics = {
             "val_accuracy": accuracy(model, data.val.images, data.val.labels, ctx.device),
             "test_accuracy": accuracy(model, data.test.images, data.test.labels, ctx.device),
-            "images_seen": trainable.step * cfg.batch_size,
         }
         out_dir = ctx.paths.model("evaluator")
         with staged_dir(out_dir) as out:

@@ -52,8 +52,7 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
               ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
         last = trainable.history[-1]
-        metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"],
-                   "images_seen": trainable.step * cfg.batch_size}
+        metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"]}
         out_dir = ctx.paths.model("gan")
         with staged_dir(out_dir) as out:
             history = save_training(out, STAGE, cfg, trainable, G_ema, {"network": g_net, "image_size": s}, fp)

@@ -64,8 +64,7 @@ def run(cfg: LDMConfig, ctx: Context) -> dict:
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
               ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
-        metrics = {"final_loss": trainable.history[-1]["loss"], "images_seen": trainable.step * cfg.batch_size,
-                   "parameters": sum(p.numel() for p in unet.parameters())}
+        metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters())}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                         "latent_shape": list(mean.shape[1:]), "latent_scale": scale, "vae_sha256": vae_hash}
         out_dir = ctx.paths.model("ldm")

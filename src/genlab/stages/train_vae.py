@@ -1,22 +1,38 @@
 """Stage `train_vae`: convolutional VAE, loss = reconstruction + beta * KL(q(z|x) || N(0, I)).
 
-Writes the snapshot, the latent scale factor (1 / std of the latents, read by `train_ldm`),
-a reconstruction grid and a grid of samples decoded from N(0, I).
+Writes the snapshot, the latent scale factor (1 / std of the latents, read by `train_ldm`) and the
+latent-space pictures: reconstructions, samples decoded from N(0, I), linear and spherical
+interpolations, traversals along the principal latent directions, and class arithmetic
+z - mean(a) + mean(b). With `ae_baseline`, a plain autoencoder of the same architecture (no KL, no
+sampling) is trained too, and random latents of both are decoded and scored side by side: the
+VAE's latent space is complete (random points decode to digits), the plain AE's is not.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
+from genlab import latent_tools as lt
 from genlab.config import VAEConfig
 from genlab.images import save_grid
-from genlab.models.vae import VAE, reparameterize, vae_loss
+from genlab.metrics import fid
+from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
 from genlab.paths import staged_dir
 from genlab.randomness import generator
-from genlab.stages.common import Context, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.stages.common import (
+    Context,
+    Data,
+    fingerprint,
+    finish_training,
+    load_data,
+    save_training,
+    stage_run,
+)
+from genlab.tracking import StageRun
 from genlab.training import Trainable, train
 
 STAGE = "train_vae"
@@ -24,8 +40,6 @@ STAGE = "train_vae"
 
 def beta_at(cfg: VAEConfig, images_seen: int) -> float:
     """KL warm-up: beta grows linearly from 0 to cfg.beta over kl_warmup_images."""
-    if cfg.plain_autoencoder:
-        return 0.0
     if cfg.kl_warmup_images == 0:
         return cfg.beta
     return cfg.beta * min(1.0, images_seen / cfg.kl_warmup_images)
@@ -40,9 +54,9 @@ def encode(vae: VAE, images: torch.Tensor, device: torch.device) -> tuple[torch.
 
 
 @torch.no_grad()
-def reconstruct(vae: VAE, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    mean, _ = encode(vae, images, device)
-    return torch.cat([vae.decode(mean[i : i + 512].to(device)).cpu() for i in range(0, len(mean), 512)])
+def decode(vae: VAE, z: torch.Tensor, device: torch.device) -> torch.Tensor:
+    vae.eval()
+    return torch.cat([vae.decode(z[i : i + 512].to(device)).clamp(-1, 1).cpu() for i in range(0, len(z), 512)])
 
 
 def latent_scale(mean: torch.Tensor, logvar: torch.Tensor, seed: int) -> float:
@@ -51,54 +65,109 @@ def latent_scale(mean: torch.Tensor, logvar: torch.Tensor, seed: int) -> float:
     return float(1.0 / z.std())
 
 
-def run(cfg: VAEConfig, ctx: Context) -> dict:
-    data = load_data(ctx)
-    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    network = {"in_channels": c, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
-               "downsample": cfg.downsample}
+def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
+    """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean)."""
+    key = f"{STAGE}.ae" if plain else STAGE
     vae = VAE(**network).to(ctx.device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
     x_all = data.train.images
+    train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         vae.train()
         x = x_all[idx].to(ctx.device)
         mean, logvar = vae.encode(x)
-        eps = torch.randn(mean.shape, generator=g).to(ctx.device)
-        z = mean if cfg.plain_autoencoder else reparameterize(mean, logvar, eps)
-        beta = beta_at(cfg, trainable.step * cfg.batch_size)
+        z = mean if plain else reparameterize(mean, logvar, torch.randn(mean.shape, generator=g).to(ctx.device))
+        beta = 0.0 if plain else beta_at(cfg, trainable.step * cfg.batch_size)
         loss, recon, kl = vae_loss(x, vae.decode(z), mean, logvar, beta, cfg.recon_sigma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "beta": beta}
 
-    fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
+    prefix = "ae_" if plain else ""
+    train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
+          fingerprint=fingerprint(key, cfg, ctx.seed, data.hash),
+          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s))
+    return trainable
+
+
+def scored(images: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> dict[str, float]:
+    """FID and friends against the train split, with the evaluate stage's protocol."""
+    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
+                    cuda=ctx.device.type == "cuda")
+    return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"]}
+
+
+def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_mean: torch.Tensor, out: Path) -> dict:
+    """Interpolations (linear, spherical), traversals, class arithmetic; returns arithmetic accuracy inputs."""
+    dev, n = ctx.device, cfg.interpolation_steps
+    t_mean, _ = encode(vae, data.test.images, dev)
+    pairs = [(i, i + 1) for i in range(0, 16, 2)]
+    for name, path in (("interpolation_linear", lt.lerp), ("interpolation_spherical", lt.slerp)):
+        strips = torch.cat([path(t_mean[a], t_mean[b], n) for a, b in pairs])
+        save_grid(decode(vae, strips, dev), out / f"{name}.png", nrow=n)
+    dirs, stds = lt.principal_directions(train_mean, cfg.traversal_directions)
+    knobs = lt.traversal(t_mean[0], dirs, stds, steps=9, span=3.0).flatten(0, 1)
+    save_grid(decode(vae, knobs, dev), out / "traversal.png", nrow=9)
+    means = lt.class_means(train_mean, data.train.labels)
+    k = means.shape[0]
+    sources = torch.stack([int((data.test.labels == c).nonzero()[0]) for c in range(k)])
+    grid = torch.stack([lt.concept_arithmetic(t_mean[i], means, int(data.test.labels[i]), b)
+                        for i in sources for b in range(k)])
+    images = decode(vae, grid, dev)
+    save_grid(torch.cat([data.test.images[sources][:, None], images.view(k, k, *images.shape[1:])], 1).flatten(0, 1),
+              out / "arithmetic.png", nrow=k + 1)
+    return {"images": images, "targets": torch.arange(k).repeat(k)}
+
+
+def run(cfg: VAEConfig, ctx: Context) -> dict:
+    data = load_data(ctx)
+    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
+    evaluator = ctx.paths.model("evaluator") / "model.safetensors"
+    network = {"in_channels": c, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
+               "downsample": cfg.downsample}
+    n_eval = len(data.test)
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
-        train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
-        mean, logvar = encode(vae, x_all, ctx.device)
+        trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
+        vae = trainable.modules["vae"]
+        mean, logvar = encode(vae, data.train.images, ctx.device)
         scale = latent_scale(mean, logvar, ctx.seed)
-        test_rec = reconstruct(vae, data.test.images, ctx.device)
-        t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
-        metrics = {
-            "test_mse": float(F.mse_loss(test_rec, data.test.images)),
-            "test_kl": float(0.5 * (t_mean.pow(2) + t_logvar.exp() - 1 - t_logvar).flatten(1).sum(1).mean()),
-            "latent_scale": scale,
-            "images_seen": trainable.step * cfg.batch_size,
-        }
         latent_shape = list(mean.shape[1:])
+        test_rec = decode(vae, encode(vae, data.test.images, ctx.device)[0], ctx.device)
+        t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
+        prior = torch.randn((n_eval, *latent_shape), generator=generator(ctx.seed, "vae-prior"))
+        vae_prior = decode(vae, prior, ctx.device)
+        metrics: dict = {
+            "test_mse": float(F.mse_loss(test_rec, data.test.images)),
+            "test_kl": float(kl_to_standard_normal(t_mean, t_logvar).mean()),
+            "latent_scale": scale,
+            "rfid": scored(test_rec, data, evaluator, ctx)["fid"],
+            **{f"prior_{k}": v for k, v in scored(vae_prior, data, evaluator, ctx).items()},
+        }
         snapshot_cfg = {"network": network, "latent_shape": latent_shape, "latent_scale": scale, "image_size": s}
         out_dir = ctx.paths.model("vae")
         with staged_dir(out_dir) as out:
-            history = save_training(out, STAGE, cfg, trainable, vae, snapshot_cfg, fp)
+            history = save_training(out, STAGE, cfg, trainable, vae, snapshot_cfg, fingerprint(STAGE, cfg, ctx.seed,
+                                                                                                 data.hash))
             (out / "latent_scale.json").write_text(json.dumps({"latent_scale": scale,
                                                                "latent_shape": latent_shape}) + "\n")
             pairs = torch.stack([data.test.images[:50], test_rec[:50]], 1).flatten(0, 1)
             save_grid(pairs, out / "reconstructions.png", nrow=10)
-            with torch.no_grad():
-                prior = torch.randn((64, *latent_shape), generator=generator(ctx.seed, "vae-prior-grid"))
-                save_grid(vae.decode(prior.to(ctx.device)).clamp(-1, 1).cpu(), out / "prior_samples.png", nrow=8)
+            save_grid(vae_prior[:64], out / "prior_samples.png", nrow=8)
+            arith = latent_pictures(vae, cfg, ctx, data, mean, out)
+            metrics["arithmetic_accuracy"] = fid.class_accuracy(evaluator, arith["images"], arith["targets"])
+            if cfg.ae_baseline:
+                ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"]
+                ae_mean, _ = encode(ae, data.train.images, ctx.device)
+                # random latents at the AE's own scale: N(0, std^2 I), std of its training latents
+                ae_prior = decode(ae, prior * ae_mean.std(), ctx.device)
+                ae_rec = decode(ae, encode(ae, data.test.images, ctx.device)[0], ctx.device)
+                metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, data.test.images))
+                metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, evaluator, ctx).items()})
+                save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
+                save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics)
+        ctx.paths.checkpoint(f"{STAGE}.ae").unlink(missing_ok=True)
     return metrics

