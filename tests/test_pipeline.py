@@ -3,6 +3,7 @@ experiment, and the Prefect flow. Stages run in order within this module (one sh
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -18,8 +19,9 @@ from safetensors.torch import load_file
 
 from tests.conftest import sh
 
-FAMILIES = ("vae", "ldm", "gan")
-STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_gan", "sample", "evaluate")
+FAMILIES = ("vae", "ldm", "pixel", "gan")
+STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
+          "guidance_sweep", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +133,7 @@ def test_param_change_reruns_only_dependents_through_prefect(repro: tuple[Path, 
     with prefect_test_harness(server_startup_timeout=120):
         results = flow_module.pipeline(root=str(root))
     assert set(results) == set(STAGES)
-    assert {s for s, status in results.items() if status == "ran"} == {"sample", "evaluate"}
+    assert {s for s, status in results.items() if status == "ran"} == {"sample", "evaluate"}  # not the sweep
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["genlab"], output_format="pandas")
     parent = runs[runs["tags.genlab.stage"] == "pipeline"]
@@ -140,3 +142,40 @@ def test_param_change_reruns_only_dependents_through_prefect(repro: tuple[Path, 
     assert set(children["tags.genlab.stage"]) == {"sample", "evaluate"}
     m = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert m["registry"]["ldm"]["version"] == "2"
+
+
+def test_generative_depth_outputs(repro: tuple[Path, dict[str, str], str]) -> None:
+    root = repro[0]
+    vae = root / "models" / "vae"
+    for name in ("reconstructions", "prior_samples", "ae_prior_samples", "prior_vae_vs_ae", "interpolation_linear",
+                 "interpolation_spherical", "traversal", "arithmetic"):
+        assert (vae / f"{name}.png").stat().st_size > 0, name
+    m = json.loads((root / "metrics" / "train_vae.json").read_text())
+    assert m["rfid"] > 0 and m["prior_fid"] > 0 and m["ae_prior_fid"] > 0 and 0 <= m["arithmetic_accuracy"] <= 1
+    for stage in ("train_ldm", "train_pixel"):
+        bpd = json.loads((root / "metrics" / f"{stage}.json").read_text())["test_bits_per_dim"]
+        assert np.isfinite(bpd)
+    sweep = json.loads((root / "metrics" / "guidance_sweep.json").read_text())
+    assert [r["guidance_scale"] for r in sweep["rows"]] == [1.0, 3.0]
+    assert (root / "reports" / "guidance" / "fid_vs_accuracy.png").is_file()
+    assert list(pd.read_csv(root / "plots" / "guidance_sweep.csv")["guidance_scale"]) == [1.0, 3.0]
+    page = (root / "reports" / "report.html").read_text()
+    assert "data:image/png;base64" in page and "not Inception" in page and "pixel" in page
+    snap = json.loads((root / "models" / "pixel" / "config.json").read_text())
+    assert snap["prediction"] == "v" and snap["sampler"] == "ddpm"
+
+
+def test_compare_lists_every_family(repro: tuple[Path, dict[str, str], str], monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture) -> None:
+    root, env = repro[0], repro[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    monkeypatch.chdir(root)
+    from genlab.cli import main
+
+    assert main(["compare", "--format", "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert set(table["family"]) == set(FAMILIES)
+    assert table["fid"].is_monotonic_increasing
+    ldm = table[table.family == "ldm"].iloc[0]
+    assert ldm["images_seen"] == 1984 and ldm["guidance_scale"] == 2.0 and ldm["sample_steps"] == 5
+    assert main(["compare", "--sort", "nonsense"]) == 2

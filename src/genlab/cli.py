@@ -19,10 +19,11 @@ STAGES = {
     "train_evaluator": ("evaluator",),
     "train_vae": ("vae",),
     "train_ldm": ("ldm",),
+    "train_pixel": ("pixel",),
     "train_gan": ("gan",),
-    "sample": ("sample", "ldm"),
+    "sample": ("sample", "ldm", "pixel"),
     "guidance_sweep": ("sample", "ldm"),
-    "evaluate": ("evaluate", "ldm"),
+    "evaluate": ("evaluate", "ldm", "pixel"),
 }
 
 
@@ -51,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
     c = sub.add_parser("compare", help="models across MLflow runs and experiments, as one table")
     c.add_argument("--experiment", action="append", help="experiment name (repeatable; default: genlab)")
-    c.add_argument("--family", choices=("vae", "ldm", "gan"), help="only this model family")
+    c.add_argument("--family", choices=("vae", "ldm", "pixel", "gan"), help="only this model family")
     c.add_argument("--data-hash", help="only runs on data whose hash starts with this")
     c.add_argument("--sort", default="fid", help="column to sort by (default: %(default)s)")
     c.add_argument("--descending", action="store_true", help="sort descending")

@@ -13,7 +13,7 @@ import pandas as pd
 from genlab import tracking
 from genlab.errors import GenlabError
 
-FAMILIES = ("vae", "ldm", "gan")
+FAMILIES = ("vae", "ldm", "pixel", "gan")
 METRICS = ("fid", "fid_ratio", "kid_mean", "precision", "recall", "class_accuracy", "images_seen", "train_seconds")
 COLUMNS = ["run_id", "experiment", "start", "family", *METRICS, "sample_steps", "guidance_scale", "floor_fid",
            "extractor", "data_hash", "git_commit"]
@@ -33,13 +33,13 @@ def table(runs: pd.DataFrame, experiment_names: dict[str, str]) -> pd.DataFrame:
             "start": runs["start_time"],
             "family": family,
             **{m: _col(runs, f"metrics.{family}_{m}") for m in METRICS},
-            "sample_steps": _col(runs, "metrics.ldm_steps") if family == "ldm" else None,
+            "sample_steps": _col(runs, f"metrics.{family}_steps") if family in ("ldm", "pixel") else None,
             "floor_fid": _col(runs, "metrics.floor_fid"),
             "extractor": _col(runs, "tags.genlab.protocol.feature_extractor"),
             "data_hash": _col(runs, "tags.genlab.data_hash").str[:12],
             "git_commit": _col(runs, "tags.genlab.git_commit").str[:10],
         })
-        part["guidance_scale"] = _col(runs, "metrics.ldm_guidance_scale") if family == "ldm" else None
+        part["guidance_scale"] = _col(runs, f"metrics.{family}_guidance_scale") if family in ("ldm", "pixel") else None
         rows.append(part[part["fid"].notna()])
     out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=COLUMNS)
     return out.reindex(columns=COLUMNS)

@@ -63,32 +63,54 @@ class VAEConfig(TrainConfig):
     interpolation_steps: int = Field(10, ge=2, le=64)
 
 
-class LDMConfig(TrainConfig):
+class DiffusionConfig(TrainConfig):
+    """A diffusion model: noise-prediction U-Net, schedule, objective, conditioning and sampler."""
+
     train_images: int = Field(240000, ge=1)
     batch_size: int = Field(128, ge=1, le=4096)
     lr: float = Field(5e-4, gt=0, le=1.0)
     base_channels: int = Field(48, ge=8, le=1024)
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # one U-Net level each; level i is latent_size / 2**i
+    channel_mults: tuple[int, ...] = (1, 2, 2)  # one U-Net level each; level i is input_size / 2**i
     num_res_blocks: int = Field(1, ge=1, le=8)
     attention_levels: tuple[int, ...] = (2,)  # indices into channel_mults that get self-attention
     timesteps: int = Field(1000, ge=2, le=10000)
     schedule: Literal["linear", "cosine"] = "linear"
-    p_uncond: float = Field(0.1, ge=0, lt=1)  # probability a label is replaced by the null label
+    prediction: Literal["eps", "v"] = "eps"  # what the network predicts (v: Salimans & Ho 2022)
+    min_snr_gamma: float | None = Field(None, gt=0)  # Min-SNR-gamma loss weighting (Hang et al. 2023); null: off
+    conditioning: Literal["class", "text"] = "class"  # class labels, or text prompts through a frozen MiniLM
+    cross_attention_levels: tuple[int, ...] = (1, 2)  # text only: levels that attend to the prompt tokens
+    p_uncond: float = Field(0.1, ge=0, lt=1)  # probability a condition is replaced by the null condition
     ema_halflife_images: int = Field(20000, ge=1)  # EMA half-life in images, ramped up as 0.1 * images seen
-    sample_steps: int = Field(50, ge=1)  # DDIM steps at sampling time
+    nll_timesteps: int = Field(20, ge=1)  # Monte-Carlo steps per sample for the bits/dim bound on the test split
+    # sampling (read by `sample`, `guidance_sweep` and `evaluate`, not by training)
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sample_steps: int = Field(50, ge=1)  # denoising steps at sampling time (respaced, trailing)
     eta: float = Field(0.0, ge=0, le=1)  # DDIM eta: 0 deterministic, 1 DDPM-like
     guidance_scale: float = Field(2.0, ge=0)  # eps = eps_u + w (eps_c - eps_u); 1 = no guidance
 
     @model_validator(mode="after")
-    def _levels(self) -> LDMConfig:
+    def _levels(self) -> DiffusionConfig:
         if not self.channel_mults:
             raise ValueError("channel_mults must not be empty")
-        bad = [i for i in self.attention_levels if not 0 <= i < len(self.channel_mults)]
-        if bad:
-            raise ValueError(f"attention_levels {bad} outside 0..{len(self.channel_mults) - 1}")
+        keys = ("attention_levels", "cross_attention_levels") if self.conditioning == "text" else ("attention_levels",)
+        for key in keys:
+            bad = [i for i in getattr(self, key) if not 0 <= i < len(self.channel_mults)]
+            if bad:
+                raise ValueError(f"{key} {bad} outside 0..{len(self.channel_mults) - 1}")
         if self.sample_steps > self.timesteps:
             raise ValueError(f"sample_steps ({self.sample_steps}) must be <= timesteps ({self.timesteps})")
         return self
+
+
+class LDMConfig(DiffusionConfig):
+    """Latent diffusion: the U-Net runs on the VAE's scaled latents."""
+
+
+class PixelConfig(DiffusionConfig):
+    """Pixel-space diffusion with the same U-Net code, for the latent-vs-pixel comparison."""
+
+    train_images: int = Field(60000, ge=1)
+    base_channels: int = Field(32, ge=8, le=1024)
 
 
 class GANConfig(TrainConfig):
@@ -126,6 +148,7 @@ class Params(Section):
     evaluator: EvaluatorConfig = EvaluatorConfig()
     vae: VAEConfig = VAEConfig()
     ldm: LDMConfig = LDMConfig()
+    pixel: PixelConfig = PixelConfig()
     gan: GANConfig = GANConfig()
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

@@ -12,14 +12,24 @@ from pathlib import Path
 import torch
 
 from genlab.checkpoint import load_snapshot
-from genlab.diffusion.sample import ddim_sample, ddim_timesteps, guided
+from genlab.data.prompts import heldout_prompts
+from genlab.diffusion.sample import (
+    Denoiser,
+    as_eps_denoiser,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    guide,
+    guided,
+)
 from genlab.diffusion.schedules import alpha_bar
 from genlab.models.gan import Generator
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE
 from genlab.randomness import derive_seed, generator
 
-FAMILIES = ("vae", "ldm", "gan")
+FAMILIES = ("vae", "ldm", "pixel", "gan")
+DIFFUSION = ("ldm", "pixel")
 
 
 def image_seeds(base_seed: int, family: str, n: int) -> list[int]:
@@ -53,31 +63,68 @@ class VAESampler:
         return self.vae.decode(z).clamp(-1, 1).cpu()
 
 
-class LDMSampler:
-    """DDIM in the VAE's latent space with classifier-free guidance, decoded by the VAE."""
+class DiffusionSampler:
+    """DDIM or DDPM from pure noise with classifier-free guidance; in latent space (decoded by the VAE)
+    or pixel space, for a class- or text-conditional U-Net predicting eps or v."""
 
     conditional = True
 
-    def __init__(self, ldm_dir: Path, vae_dir: Path, device: torch.device) -> None:
-        state, cfg = load_snapshot(ldm_dir / "model.safetensors")
+    def __init__(self, model_dir: Path, vae_dir: Path | None, device: torch.device) -> None:
+        state, cfg = load_snapshot(model_dir / "model.safetensors")
         self.unet = UNet(**cfg["network"])
         self.unet.load_state_dict(state)
         self.unet.to(device).eval()
-        self.vae, _ = load_vae(vae_dir, device)
+        self.vae = load_vae(vae_dir, device)[0] if cfg.get("space", "latent") == "latent" else None
         self.cfg, self.device = cfg, device
         self.alpha_bar = alpha_bar(cfg["timesteps"], cfg["schedule"])
+        self.text = None
+        if cfg.get("conditioning", "class") == "text":
+            from genlab.models.text import TextEncoder
+
+            self.text = TextEncoder(device=str(device))
+
+    def denoiser(self, labels: torch.Tensor, guidance_scale: float, prompts: list[str] | None) -> Denoiser:
+        if self.text is None:
+            out = guided(self.unet, labels.to(self.device), self.cfg["network"]["num_classes"], guidance_scale)
+        else:
+            # unseen phrasings by default: the held-out templates, cycled over the images of each label
+            texts = prompts or [heldout_prompts(int(y))[i % len(heldout_prompts(int(y)))] for i, y in enumerate(labels)]
+            tokens, mask = self.text.encode(texts)
+            out = guided_text(self.unet, tokens.to(self.device), mask.to(self.device), guidance_scale)
+        return as_eps_denoiser(out, self.cfg.get("prediction", "eps"), self.alpha_bar)
 
     @torch.no_grad()
     def __call__(self, labels: torch.Tensor, seeds: list[int], *, guidance_scale: float, steps: int,
-                 eta: float = 0.0) -> torch.Tensor:
+                 eta: float = 0.0, sampler: str = "ddim", prompts: list[str] | None = None) -> torch.Tensor:
         c = self.cfg
         ts = ddim_timesteps(c["timesteps"], steps)
         shape = tuple(c["latent_shape"])
         noise = seeded_normal(seeds, shape, "latent").to(self.device)
-        denoise = guided(self.unet, labels.to(self.device), c["network"]["num_classes"], guidance_scale)
-        z = ddim_sample(denoise, noise, self.alpha_bar, ts, eta,
-                        step_noise=lambda i: seeded_normal(seeds, shape, "ddim", i))
-        return self.vae.decode(z / c["latent_scale"]).clamp(-1, 1).cpu()
+        denoise = self.denoiser(labels, guidance_scale, prompts)
+
+        def step_noise(i: int) -> torch.Tensor:
+            return seeded_normal(seeds, shape, "ddim", i)
+
+        if sampler == "ddpm":
+            x = ddpm_sample(denoise, noise, self.alpha_bar, ts, step_noise)
+        else:
+            x = ddim_sample(denoise, noise, self.alpha_bar, ts, eta, step_noise=step_noise)
+        x = x / c["latent_scale"]
+        return (self.vae.decode(x) if self.vae is not None else x).clamp(-1, 1).cpu()
+
+
+def guided_text(unet: UNet, tokens: torch.Tensor, mask: torch.Tensor, scale: float) -> Denoiser:
+    """Classifier-free guidance for prompts: the unconditional half uses the learned null token."""
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if scale == 1.0:
+            return unet(x, t, context=tokens, context_mask=mask)
+        b = x.shape[0]
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        out = unet(torch.cat([x, x]), torch.cat([t, t]), context=torch.cat([tokens, tokens]),
+                   context_mask=torch.cat([mask, mask]), drop=drop)
+        eps_c, eps_u = out.chunk(2)
+        return guide(eps_c, eps_u, scale)
+    return denoise
 
 
 class GANSampler:
@@ -96,23 +143,23 @@ class GANSampler:
         return self.g(z, labels.to(self.device)).clamp(-1, 1).cpu()
 
 
-Sampler = VAESampler | LDMSampler | GANSampler
+Sampler = VAESampler | DiffusionSampler | GANSampler
 
 
 def load_sampler(family: str, dirs: dict[str, Path], device: torch.device) -> Sampler:
     """`dirs` maps family names to snapshot folders; the LDM also needs the VAE's."""
     if family == "vae":
         return VAESampler(dirs["vae"], device)
-    if family == "ldm":
-        return LDMSampler(dirs["ldm"], dirs["vae"], device)
+    if family in DIFFUSION:
+        return DiffusionSampler(dirs[family], dirs.get("vae"), device)
     if family == "gan":
         return GANSampler(dirs["gan"], device)
     raise ValueError(f"unknown family {family!r}: expected one of {FAMILIES}")
 
 
-def generate(sampler: Sampler, labels: torch.Tensor, seeds: list[int], batch_size: int,
+def generate(model: Sampler, labels: torch.Tensor, seeds: list[int], batch_size: int,
              **kwargs: object) -> torch.Tensor:
     """Sample in batches; the result does not depend on batch_size (per-image seeds)."""
-    out = [sampler(labels[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
+    out = [model(labels[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
            for i in range(0, len(seeds), batch_size)]
     return torch.cat(out)

@@ -22,14 +22,14 @@ class GenlabSampler(mlflow.pyfunc.PythonModel):
         dirs = {k: Path(v) for k, v in context.artifacts.items()}
         family = context.model_config["family"]
         # sampling defaults: the settings the registered version was evaluated with
-        self.defaults = {k: context.model_config[k] for k in ("guidance_scale", "steps", "eta")
+        self.defaults = {k: context.model_config[k] for k in ("guidance_scale", "steps", "eta", "sampler")
                          if k in context.model_config}
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.sampler = load_sampler(family, dirs, device)
 
     def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         params = params or {}
-        labels = torch.as_tensor(model_input["label"].to_numpy(), dtype=torch.long)
+        labels = torch.tensor(model_input["label"].to_numpy(), dtype=torch.long)
         seeds = [int(s) for s in model_input["seed"]]
         kwargs = dict(self.defaults)
         if "guidance_scale" in params:

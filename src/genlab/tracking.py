@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import subprocess
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,6 +81,9 @@ class StageRun:
                   tags: dict[str, str]) -> dict[str, Any]:
         """Log a sampler as an MLflow pyfunc model from code (no pickled Python objects: the weights are
         safetensors artifacts and `serving.py` rebuilds the network), register it, tag the version."""
+        with warnings.catch_warnings():  # label and seed are integers on purpose: no missing values
+            warnings.filterwarnings("ignore", message=".*integer column.*")
+            signature = infer_signature(example, output, params=params)
         # one child run per model: each model's config is logged as that run's params
         with mlflow.start_run(run_name=f"register {registered_name}", nested=True,
                               tags={"genlab.stage": "register", "genlab.family": family}) as child:
@@ -88,8 +92,8 @@ class StageRun:
                 python_model=str(SERVING_CODE),
                 artifacts={k: str(v) for k, v in artifacts.items()},
                 model_config={"family": family, **settings},
-                signature=infer_signature(example, output, params=params),
-                input_example=None,
+                signature=signature,
+                input_example=example,  # MLflow checks that the logged model loads and predicts on it
                 registered_model_name=registered_name,
                 pip_requirements=["torch==2.14.1", "safetensors", "pandas", "numpy"],
                 await_registration_for=60,

@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 
 from genlab import html_report
-from genlab.config import EvaluateConfig, LDMConfig
+from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
 from genlab.metrics import fid
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
 from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
-from genlab.stages.sample import ldm_settings, read_samples
+from genlab.stages.sample import diffusion_settings, read_samples
 from genlab.tracking import StageRun, promote_if_better
 
 STAGE = "evaluate"
@@ -57,7 +57,7 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, evaluator: Path) -> dic
 
 def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
     """Only the snapshot files a sampler needs (not the training state) as MLflow model artifacts."""
-    needed = {"vae": ["vae"], "ldm": ["ldm", "vae"], "gan": ["gan"]}[family]
+    needed = {"vae": ["vae"], "ldm": ["ldm", "vae"], "pixel": ["pixel"], "gan": ["gan"]}[family]
     out = {}
     for name in needed:
         dst = tmp / family / name
@@ -68,16 +68,17 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
     return out
 
 
-def register_and_promote(ctx: Context, mlrun: StageRun, ldm: LDMConfig, results: dict, protocol: dict) -> dict:
+def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, DiffusionConfig], results: dict,
+                         protocol: dict) -> dict:
     """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule."""
     decisions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in FAMILIES:
-            settings = ldm_settings(ldm) if family == "ldm" else {}
+            settings = diffusion_settings(diffusion[family]) if family in diffusion else {}
             example = pd.DataFrame({"label": np.arange(2, dtype=np.int64), "seed": np.arange(2, dtype=np.int64)})
             images = read_samples(ctx, family)["images"][:2].numpy()
-            params = {"guidance_scale": ldm.guidance_scale, "sample_steps": ldm.sample_steps} \
-                if family == "ldm" else None
+            params = {"guidance_scale": settings["guidance_scale"], "sample_steps": settings["steps"]} \
+                if family in diffusion else None
             ref = mlrun.log_model(family, f"genlab-{family}", model_files(ctx, family, Path(tmp)), example,
                                   images, params, settings,
                                   tags={"family": family, **{k: str(v) for k, v in settings.items()}})
@@ -85,7 +86,7 @@ def register_and_promote(ctx: Context, mlrun: StageRun, ldm: LDMConfig, results:
     return decisions
 
 
-def run(cfg: EvaluateConfig, ldm: LDMConfig, ctx: Context) -> dict:
+def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     evaluator = ctx.paths.model("evaluator") / "model.safetensors"
     evaluator_sha = hashlib.sha256(evaluator.read_bytes()).hexdigest()
@@ -103,10 +104,14 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, ctx: Context) -> dict:
             if "train_run_id" in m:
                 mlrun.set_tags({f"genlab.{key}.train_run_id": m["train_run_id"]})
         mlrun.set_tags({f"genlab.protocol.{k}": v for k, v in protocol.items()})
-        mlrun.log_metrics({f"ldm_{k}": v for k, v in ldm_settings(ldm).items()})
+        diffusion = {"ldm": ldm, "pixel": pixel}
+        for family, c in diffusion.items():
+            settings = diffusion_settings(c)
+            mlrun.log_metrics({f"{family}_{k}": v for k, v in settings.items() if k != "sampler"})
+            mlrun.set_tags({f"genlab.{family}.sampler": settings["sampler"]})
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
-        decisions = register_and_promote(ctx, mlrun, ldm, results, protocol)
+        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol)
         page = html_report.build(ctx.paths.root, table, f"FID tier: {fid.EXTRACTOR_NOTE}.", protocol, decisions)
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": fid.EXTRACTOR_NOTE, "protocol": protocol,

@@ -18,8 +18,9 @@ from genlab.config import LDMConfig, SampleConfig
 from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
-from genlab.sampling import LDMSampler, generate, image_seeds
+from genlab.sampling import DiffusionSampler, generate, image_seeds
 from genlab.stages.common import Context, load_data, stage_run, write_metrics
+from genlab.stages.sample import diffusion_settings
 
 STAGE = "guidance_sweep"
 log = logging.getLogger(__name__)
@@ -31,20 +32,21 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
     k = data.manifest["num_classes"]
     labels = torch.arange(k).repeat_interleave(cfg.n_per_class)
     seeds = image_seeds(cfg.seed, "ldm", len(labels))
-    sampler = LDMSampler(ctx.paths.model("ldm"), ctx.paths.model("vae"), ctx.device)
+    sampler = DiffusionSampler(ctx.paths.model("ldm"), ctx.paths.model("vae"), ctx.device)
     rows = []
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun, staged_dir(ctx.paths.root / "reports" / "guidance") as out:
         for w in cfg.guidance_sweep:
-            images = generate(sampler, labels, seeds, cfg.batch_size, guidance_scale=w, steps=ldm.sample_steps,
-                              eta=ldm.eta)
+            settings = {**diffusion_settings(ldm), "guidance_scale": w}
+            images = generate(sampler, labels, seeds, cfg.batch_size, **settings)
             m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
                             cuda=ctx.device.type == "cuda")
             row = {"guidance_scale": w, "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
                    "kid_mean": m["kid_mean"], "class_accuracy": fid.class_accuracy(evaluator, images, labels)}
             rows.append(row)
             log.info("guidance %.2f: FID %.4g, class accuracy %.4f", w, row["fid"], row["class_accuracy"])
-            idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + 8) for c in range(k)])
-            save_grid(images[idx], out / f"w{w:g}.png", nrow=8)
+            per = min(8, cfg.n_per_class)
+            idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + per) for c in range(k)])
+            save_grid(images[idx], out / f"w{w:g}.png", nrow=per)
         table = pd.DataFrame(rows)
         save_tradeoff(table, out / "fid_vs_accuracy.png")
         atomic_write(ctx.paths.plot(STAGE), table.to_csv(index=False))
@@ -55,8 +57,8 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
         mlrun.log_artifact(out / "fid_vs_accuracy.png", "guidance")
         mlrun.log_artifact(ctx.paths.plot(STAGE), "guidance")
     best = min(rows, key=lambda r: r["fid"])
-    metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], "sample_steps": ldm.sample_steps,
-               "eta": ldm.eta, "n": len(labels)}
+    metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], **diffusion_settings(ldm),
+               "n": len(labels)}
     write_metrics(ctx, STAGE, metrics)
     (ctx.paths.root / "reports" / "guidance" / "sweep.json").write_text(json.dumps(metrics, indent=2))
     return metrics

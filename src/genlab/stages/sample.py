@@ -15,20 +15,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
-from genlab.config import LDMConfig, SampleConfig
+from genlab.config import DiffusionConfig, LDMConfig, PixelConfig, SampleConfig
 from genlab.data.splits import read_manifest
 from genlab.errors import GenlabError
 from genlab.images import save_grid
 from genlab.paths import staged_dir
-from genlab.sampling import FAMILIES, generate, image_seeds, load_sampler
+from genlab.sampling import DIFFUSION, FAMILIES, generate, image_seeds, load_sampler
 from genlab.stages.common import Context, stage_run, write_metrics
 
 STAGE = "sample"
 log = logging.getLogger(__name__)
 
 
-def ldm_settings(ldm: LDMConfig) -> dict:
-    return {"guidance_scale": ldm.guidance_scale, "steps": ldm.sample_steps, "eta": ldm.eta}
+def diffusion_settings(cfg: DiffusionConfig) -> dict:
+    """The sampling settings of a diffusion family: they define its samples as much as its weights do."""
+    return {"guidance_scale": cfg.guidance_scale, "steps": cfg.sample_steps, "eta": cfg.eta, "sampler": cfg.sampler}
 
 
 def read_samples(ctx: Context, family: str) -> dict[str, torch.Tensor]:
@@ -57,7 +58,7 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
     return {"n": len(seeds), "conditional": sampler.conditional, "seconds": round(seconds, 3), **kwargs}
 
 
-def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
+def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
     manifest = read_manifest(ctx.paths.prepared)
     labels = torch.arange(manifest["num_classes"]).repeat_interleave(cfg.n_per_class)
     dirs = {f: ctx.paths.model(f) for f in FAMILIES}
@@ -66,7 +67,7 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
         with staged_dir(ctx.paths.samples) as out:
             for family in FAMILIES:
                 sampler = load_sampler(family, dirs, ctx.device)
-                kwargs = ldm_settings(ldm) if family == "ldm" else {}
+                kwargs = diffusion_settings({"ldm": ldm, "pixel": pixel}[family]) if family in DIFFUSION else {}
                 summary[family] = sample_family(family, sampler, labels, cfg, kwargs, out, cfg.n_per_class)
             (out / "manifest.json").write_text(json.dumps({"base_seed": cfg.seed, "families": summary}, indent=2))
         metrics = {**{f"{f}_seconds": s["seconds"] for f, s in summary.items()}, "n_per_family": len(labels)}

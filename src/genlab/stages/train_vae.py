@@ -113,7 +113,7 @@ def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_me
     save_grid(decode(vae, knobs, dev), out / "traversal.png", nrow=9)
     means = lt.class_means(train_mean, data.train.labels)
     k = means.shape[0]
-    sources = torch.stack([int((data.test.labels == c).nonzero()[0]) for c in range(k)])
+    sources = torch.tensor([int((data.test.labels == c).nonzero()[0, 0]) for c in range(k)])
     grid = torch.stack([lt.concept_arithmetic(t_mean[i], means, int(data.test.labels[i]), b)
                         for i in sources for b in range(k)])
     images = decode(vae, grid, dev)

@@ -1,0 +1,146 @@
+"""What `train_ldm` and `train_pixel` share: one diffusion training run over a data space.
+
+Space "latent": x_0 = z * latent_scale with z ~ q(z|x) drawn fresh each step from the frozen VAE's
+posterior. Space "pixel": x_0 = the image. Conditioning "class": labels (null label = num_classes);
+"text": MiniLM token embeddings of prompts generated from the labels (learned null token). The
+condition is dropped with probability p_uncond for classifier-free guidance; the snapshot holds the
+EMA weights; the bits/dim bound of the EMA model is measured on the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from genlab.config import DiffusionConfig
+from genlab.data import prompts
+from genlab.diffusion.bound import nll_bound_bits_per_dim
+from genlab.diffusion.loss import diffusion_loss, drop_labels
+from genlab.diffusion.sample import as_eps_denoiser
+from genlab.diffusion.schedules import alpha_bar
+from genlab.models.ema import ema_copy, ema_decay, ema_update
+from genlab.models.unet import UNet
+from genlab.models.vae import reparameterize
+from genlab.paths import staged_dir
+from genlab.randomness import generator
+from genlab.sampling import load_vae
+from genlab.stages.common import Context, Data, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.stages.train_vae import encode
+from genlab.training import Trainable, train
+
+
+def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
+    text = cfg.conditioning == "text"
+    return {"in_channels": channels, "base_channels": cfg.base_channels, "channel_mults": list(cfg.channel_mults),
+            "num_res_blocks": cfg.num_res_blocks, "attention_levels": list(cfg.attention_levels),
+            "num_classes": 0 if text else num_classes, "context_dim": 384 if text else None,
+            "cross_attention_levels": list(cfg.cross_attention_levels) if text else []}
+
+
+class Conditioner:
+    """Builds model(x_t, t, y) -> output for a batch of labels, with the condition dropped at rate p."""
+
+    def __init__(self, cfg: DiffusionConfig, unet: UNet, num_classes: int, device: torch.device) -> None:
+        self.cfg, self.unet, self.k, self.device = cfg, unet, num_classes, device
+        if cfg.conditioning == "text":
+            from genlab.models.text import TextEncoder
+
+            # every training phrasing of every label, encoded once: (K * P, L, 384)
+            self.table = [prompts.all_train_prompts(c) for c in range(num_classes)]
+            flat = [p for ps in self.table for p in ps]
+            tokens, mask = TextEncoder().encode(flat)
+            self.tokens, self.mask = tokens.to(device), mask.to(device)
+
+    def model(self, y: torch.Tensor, g: torch.Generator | None, p_drop: float):  # noqa: ANN201 (a closure)
+        """The denoiser for labels y; with g, a random phrasing and condition dropout are drawn from it."""
+        if self.cfg.conditioning == "class":
+            y = drop_labels(y, p_drop, self.k, g) if g is not None else y
+            y = y.to(self.device)
+            return lambda x, t, _y: self.unet(x, t, y)
+        per = len(self.table[0])
+        pick = torch.randint(0, per, (len(y),), generator=g) if g is not None else torch.zeros(len(y), dtype=torch.long)
+        rows = (y * per + pick).to(self.device)
+        drop = (torch.rand(len(y), generator=g) < p_drop) if g is not None else torch.zeros(len(y), dtype=torch.bool)
+        drop = drop.to(self.device)
+        return lambda x, t, _y: self.unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
+
+
+def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
+    data: Data = load_data(ctx)
+    num_classes = data.manifest["num_classes"]
+    extra: dict = {"space": space}
+    if space == "latent":
+        vae_dir = ctx.paths.model("vae")
+        vae, vae_cfg = load_vae(vae_dir, ctx.device)
+        scale = float(vae_cfg["latent_scale"])
+        mean, logvar = encode(vae, data.train.images, ctx.device)
+        t_mean, _ = encode(vae, data.test.images, ctx.device)
+        test_x0 = t_mean * scale
+        vae_hash = hashlib.sha256((vae_dir / "model.safetensors").read_bytes()).hexdigest()
+        extra.update(latent_scale=scale, vae_sha256=vae_hash)
+
+        def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            eps = torch.randn(mean[idx].shape, generator=g)
+            return reparameterize(mean[idx], logvar[idx], eps) * scale  # scaled latents, unit variance
+        shape = list(mean.shape[1:])
+    else:
+        test_x0 = data.test.images
+        extra["latent_scale"] = 1.0
+        vae_hash = ""
+
+        def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return data.train.images[idx]
+        shape = list(data.train.images.shape[1:])
+    network = unet_network(cfg, shape[0], num_classes)
+    unet = UNet(**network).to(ctx.device)
+    ema = ema_copy(unet)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
+    ab = alpha_bar(cfg.timesteps, cfg.schedule)
+    cond = Conditioner(cfg, unet, num_classes, ctx.device)
+    y_all = data.train.labels
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        unet.train()
+        x0 = x0_batch(idx, g).to(ctx.device)
+        model = cond.model(y_all[idx], g, cfg.p_uncond)
+        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        images = trainable.step * cfg.batch_size
+        ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
+        return {"loss": loss.item()}
+
+    fp = fingerprint(stage, cfg, ctx.seed, data.hash, vae_hash)
+    with stage_run(ctx, stage, cfg, data.hash) as mlrun:
+        train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(stage),
+              fingerprint=fp, on_log=mlrun.log_metrics)
+        metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
+                   "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
+        snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
+                        "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape, **extra}
+        out_dir = ctx.paths.model(name)
+        with staged_dir(out_dir) as out:
+            history = save_training(out, stage, cfg, trainable, ema, snapshot_cfg, fp)
+        finish_training(ctx, stage, mlrun, out_dir, history, metrics)
+    return metrics
+
+
+@torch.no_grad()
+def bits_per_dim(cfg: DiffusionConfig, ema: UNet, cond: Conditioner, x0: torch.Tensor, labels: torch.Tensor,
+                 ab: torch.Tensor, ctx: Context) -> float:
+    """Mean negative ELBO (Ho et al. eq. 5) of the test split under the conditional EMA model, in bits per
+    dimension of the space it models (continuous density: compare only within one space)."""
+    ema.eval()
+    trained, cond.unet = cond.unet, ema
+    g = generator(ctx.seed, "nll")
+    total = []
+    for i in range(0, len(x0), 256):
+        model = cond.model(labels[i : i + 256], None, 0.0)
+        denoise = as_eps_denoiser(lambda x, t, m=model: m(x, t, None), cfg.prediction, ab)
+        total.append(nll_bound_bits_per_dim(denoise, x0[i : i + 256].to(ctx.device), ab, g, n_t=cfg.nll_timesteps))
+    cond.unet = trained
+    return float(torch.cat(total).mean())
