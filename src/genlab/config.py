@@ -82,6 +82,8 @@ class DiffusionConfig(TrainConfig):
     p_uncond: float = Field(0.1, ge=0, lt=1)  # probability a condition is replaced by the null condition
     ema_halflife_images: int = Field(20000, ge=1)  # EMA half-life in images, ramped up as 0.1 * images seen
     nll_timesteps: int = Field(20, ge=1)  # Monte-Carlo steps per sample for the bits/dim bound on the test split
+    fid_every_images: int = Field(0, ge=0)  # cheap FID during training at this interval (0: off)
+    fid_samples: int = Field(200, ge=10)  # samples per cheap FID (20 DDIM steps, guidance 1)
     # sampling (read by `sample`, `guidance_sweep` and `evaluate`, not by training)
     sampler: Literal["ddim", "ddpm"] = "ddim"
     sample_steps: int = Field(50, ge=1)  # denoising steps at sampling time (respaced, trailing)
@@ -119,6 +121,9 @@ class GANConfig(TrainConfig):
     z_dim: int = Field(64, ge=1, le=1024)
     base_channels: int = Field(32, ge=4, le=1024)
     ema_halflife_images: int = Field(10000, ge=1)  # EMA half-life of the generator, in images
+    r1_gamma: float = Field(0.0, ge=0)  # R1 penalty weight (Mescheder et al. 2018) on real images; 0: off
+    fid_every_images: int = Field(0, ge=0)  # cheap FID during training at this interval (0: off)
+    fid_samples: int = Field(200, ge=10)
 
 
 class SampleConfig(Section):

@@ -24,7 +24,7 @@ from genlab.randomness import batch_indices, generator
 log = logging.getLogger(__name__)
 
 StepFn = Callable[[torch.Tensor, torch.Generator], dict[str, float]]
-LogFn = Callable[[dict[str, float], int], None]  # (metrics, images seen)
+LogFn = Callable[[dict[str, float], int], dict[str, float] | None]  # (metrics, images seen) -> extra columns
 
 
 @dataclass
@@ -108,10 +108,10 @@ def train(
         bar.update(batch)
         if t.step % log_every == 0 or t.step == total_steps:
             row = {"images_seen": float(t.step * batch), **{k: v / t.count for k, v in t.sums.items()}}
+            if on_log is not None:  # it may add columns to the row, e.g. a cheap FID
+                row.update(on_log({k: v for k, v in row.items() if k != "images_seen"}, t.step * batch) or {})
             t.history.append(row)
             bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "images_seen"}, refresh=False)
-            if on_log is not None:
-                on_log({k: v for k, v in row.items() if k != "images_seen"}, t.step * batch)
             t.sums, t.count = {}, 0
         if t.step % ckpt_every == 0 and t.step < total_steps:
             save_train_state(t.state_dict(fingerprint, batch), ckpt)

@@ -1,29 +1,44 @@
-"""FID, KID and precision/recall through torch-fidelity's API, in the evaluator's feature space.
+"""FID, KID and precision/recall through torch-fidelity's API, in one of two feature spaces (tiers).
 
-Offline, torch-fidelity's Inception weights cannot be downloaded, so genlab registers its own
-evaluator (trained inside the pipeline) as a torch-fidelity feature extractor. The numbers are
-therefore FID *in genlab-evaluator features*: comparable across genlab runs that share the
-evaluator, not with published Inception FIDs. torch-fidelity names its result keys "inception"
-whatever the extractor; `compute` relabels them.
+- Tier "offline": genlab registers its own evaluator (trained inside the pipeline) as a torch-fidelity
+  feature extractor, since torch-fidelity's Inception weights cannot be downloaded offline. The numbers
+  are FID *in genlab-evaluator features*: comparable across genlab runs that share the evaluator, not
+  with published Inception FIDs.
+- Tier "standard": torch-fidelity's own Inception-v3 (`inception-v3-compat`, 2048-d pool features) with
+  weights from a file the user supplies; genlab never downloads it. Comparable with published FIDs when
+  the file holds torch-fidelity's converted TF-Inception weights.
+
+An `Extractor` names the tier and the *content* (sha256) of its weights. torch-fidelity names its
+result keys "inception" whatever the extractor; `compute_tier` relabels them.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch_fidelity
 from torch.nn import functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
 from genlab.checkpoint import load_snapshot
+from genlab.errors import GenlabError
 from genlab.images import to_uint8
 from genlab.models.evaluator import Evaluator
 
 EXTRACTOR = "genlab-evaluator"
 EXTRACTOR_NOTE = ("offline FID: features of genlab's evaluator (trained in this pipeline), "
                   "not Inception-v3; comparable only across runs with the same evaluator")
+STANDARD_EXTRACTOR = "inception-v3-compat"
+
+Tier = Literal["offline", "standard"]
 
 
 class EvaluatorFeatures(FeatureExtractorBase):
@@ -70,6 +85,57 @@ if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
     torch_fidelity.register_feature_extractor(EXTRACTOR, EvaluatorFeatures)
 
 
+@dataclass(frozen=True)
+class Extractor:
+    """Which feature space a metric is computed in: the tier, torch-fidelity's extractor name, the weights
+    file and its sha256 (what identifies the space: a copy elsewhere is the same extractor), the feature
+    layer (used for FID, KID and precision/recall alike) and a sentence for reports."""
+
+    tier: Tier
+    name: str
+    weights_path: str
+    sha256: str
+    note: str
+    feature_layer: str
+
+    @property
+    def label(self) -> str:
+        """Short protocol tag, e.g. `genlab-evaluator@1a2b3c4d5e6f`."""
+        return f"{self.name}@{self.sha256[:12]}"
+
+    def fidelity_kwargs(self) -> dict[str, Any]:
+        """The torch-fidelity keyword arguments that select this extractor and layer for every metric."""
+        return {"feature_extractor": self.name, "feature_extractor_weights_path": self.weights_path,
+                **{f"feature_layer_{m}": self.feature_layer for m in ("fid", "kid", "prc")}}
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def make_extractor(evaluator_path: Path | str, inception_weights: Path | str | None) -> Extractor:
+    """Tier "standard" when `inception_weights` is given (a torch-fidelity Inception-v3 state dict, never
+    downloaded), else tier "offline" with the evaluator snapshot at `evaluator_path`."""
+    if inception_weights is None:
+        path, tier, name, what = Path(evaluator_path), "offline", EXTRACTOR, "evaluator snapshot"
+    else:
+        path, tier, name, what = Path(inception_weights), "standard", STANDARD_EXTRACTOR, "Inception-v3 weights file"
+    if not path.is_file():
+        hint = ("run the stage that writes it first" if tier == "offline" else
+                f"a {STANDARD_EXTRACTOR} state dict for torch-fidelity; genlab never downloads it")
+        raise GenlabError(f"{path}: {what} not found ({hint})")
+    sha = file_sha256(path)
+    layer = FEATURE_EXTRACTORS_REGISTRY[name].get_default_feature_layer_for_metric("fid")
+    note = EXTRACTOR_NOTE if tier == "offline" else (
+        f"standard FID: torch-fidelity Inception-v3 ({STANDARD_EXTRACTOR}, 2048-d pool features) "
+        f"from {path.name} (sha256 {sha[:12]})")
+    return Extractor(tier=tier, name=name, weights_path=str(path), sha256=sha, note=note, feature_layer=layer)
+
+
 class ImageSet(torch.utils.data.Dataset):
     """float images in [-1, 1] (N, C, S, S) -> the uint8 3-channel images torch-fidelity expects."""
 
@@ -84,16 +150,8 @@ class ImageSet(torch.utils.data.Dataset):
         return self.images[i]
 
 
-def compute(generated: torch.Tensor, reference: torch.Tensor, evaluator_path: Path, kid_subset_size: int,
-            pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
-    """FID, KID (mean, std) and precision/recall of `generated` against `reference`."""
-    subset = min(kid_subset_size, len(generated), len(reference))
-    m = torch_fidelity.calculate_metrics(
-        input1=ImageSet(generated), input2=ImageSet(reference), cuda=cuda, batch_size=batch_size,
-        fid=True, kid=True, prc=True, feature_extractor=EXTRACTOR,
-        feature_extractor_weights_path=str(evaluator_path), kid_subset_size=subset,
-        prc_neighborhood=pr_neighbourhood, cache=False, verbose=False, save_cpu_ram=True,
-    )
+def relabel(m: dict[str, float]) -> dict[str, float]:
+    """torch-fidelity's "inception" keys -> genlab's neutral names (whatever the extractor)."""
     return {
         "fid": float(m["frechet_inception_distance"]),
         "kid_mean": float(m["kernel_inception_distance_mean"]),
@@ -101,6 +159,66 @@ def compute(generated: torch.Tensor, reference: torch.Tensor, evaluator_path: Pa
         "precision": float(m["precision"]),
         "recall": float(m["recall"]),
     }
+
+
+def compute_tier(generated: torch.Tensor, reference: torch.Tensor, extractor: Extractor, kid_subset_size: int,
+                 pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
+    """FID, KID (mean, std) and precision/recall of `generated` against `reference` in `extractor`'s features
+    (one torch_fidelity.calculate_metrics call; KID subsets clipped to the smaller set)."""
+    subset = min(kid_subset_size, len(generated), len(reference))
+    m = torch_fidelity.calculate_metrics(
+        input1=ImageSet(generated), input2=ImageSet(reference), cuda=cuda, batch_size=batch_size,
+        fid=True, kid=True, prc=True, **extractor.fidelity_kwargs(), kid_subset_size=subset,
+        prc_neighborhood=pr_neighbourhood, cache=False, verbose=False, save_cpu_ram=True,
+    )
+    return relabel(m)
+
+
+def compute(generated: torch.Tensor, reference: torch.Tensor, evaluator_path: Path, kid_subset_size: int,
+            pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
+    """`compute_tier` in the offline tier (genlab-evaluator features)."""
+    return compute_tier(generated, reference, make_extractor(evaluator_path, None), kid_subset_size,
+                        pr_neighbourhood, batch_size, cuda)
+
+
+@functools.lru_cache(maxsize=2)
+def _feature_extractor(extractor: Extractor, cuda: bool) -> FeatureExtractorBase:
+    """Built once per (extractor content, device): loading Inception weights is not free."""
+    return create_feature_extractor(extractor.name, [extractor.feature_layer], cuda=cuda, verbose=False,
+                                    feature_extractor_weights_path=extractor.weights_path)
+
+
+def extract_features(images: torch.Tensor, extractor: Extractor, batch_size: int = 256,
+                     cuda: bool = False) -> torch.Tensor:
+    """(N, C, S, S) in [-1, 1] -> (N, D) float32 CPU features, through torch-fidelity's own extraction loop
+    (the same batches as `compute_tier` with the same batch size, hence bit-identical features)."""
+    fe = _feature_extractor(extractor, cuda)
+    out = extract_featuresdict_from_input_id(1, fe, input1=ImageSet(images), batch_size=batch_size, cuda=cuda,
+                                             save_cpu_ram=True, verbose=False)
+    return out[extractor.feature_layer]
+
+
+def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
+    """FID of two (N, D) feature sets with torch-fidelity's statistics functions."""
+    s1, s2 = fid_features_to_statistics(f1), fid_features_to_statistics(f2)
+    return float(fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID])
+
+
+def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, ref_images: torch.Tensor,
+                  ref_labels: torch.Tensor, extractor: Extractor, batch_size: int = 256,
+                  cuda: bool = False) -> dict[int, float]:
+    """FID of each generated class against the same class of the reference, features extracted once."""
+    gen = extract_features(gen_images, extractor, batch_size, cuda)
+    ref = extract_features(ref_images, extractor, batch_size, cuda)
+    gen_labels, ref_labels = gen_labels.cpu(), ref_labels.cpu()
+    out = {}
+    for c in sorted(set(gen_labels.tolist())):
+        g, r = gen[gen_labels == c], ref[ref_labels == c]
+        if min(len(g), len(r)) < 2:
+            raise GenlabError(f"per-class FID: class {c} needs at least 2 images on each side "
+                              f"(generated {len(g)}, reference {len(r)})")
+        out[int(c)] = fid_from_features(g, r)
+    return out
 
 
 @torch.no_grad()

@@ -65,3 +65,10 @@ def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.
 def g_hinge_loss(fake_scores: torch.Tensor) -> torch.Tensor:
     """L_G = -E[D(G(z))]."""
     return -fake_scores.mean()
+
+
+def r1_penalty(real_scores: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """R1 = E ||grad_x D(x)||^2 on real data (Mescheder et al. 2018, eq. 9); the loss adds gamma/2 * R1.
+    `real` must require grad and `real_scores` be computed from it."""
+    (grad,) = torch.autograd.grad(real_scores.sum(), real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,12 @@ from pydantic import BaseModel
 
 from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
-from genlab.config import flatten, to_json
+from genlab.config import TrainConfig, flatten, to_json
 from genlab.data import splits
 from genlab.images import save_curves
+from genlab.metrics import fid
 from genlab.paths import Paths, atomic_write
+from genlab.randomness import derive_seed
 from genlab.training import Trainable
 
 log = logging.getLogger(__name__)
@@ -88,3 +91,39 @@ def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path,
     summary = {"run_id": run.run_id, "images_seen": metrics["images_seen"], "train_seconds": metrics["train_seconds"]}
     (out / "training.json").write_text(json.dumps(summary) + "\n")
     ctx.paths.checkpoint(stage).unlink(missing_ok=True)
+
+
+class CheapFID:
+    """FID of a few samples during training (evaluator features vs the train split), logged as a curve.
+
+    Meant to show the trend, not to rank models: small sample counts bias FID upwards. The `evaluate`
+    stage computes the full-size FID.
+    """
+
+    def __init__(self, ctx: Context, data: Data, cfg: TrainConfig, every_images: int, n: int,
+                 sample: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> None:
+        self.ctx, self.data, self.every, self.sample = ctx, data, every_images, sample
+        batch = min(cfg.batch_size, len(data.train))
+        self.spacing = max(1, cfg.log_every_images // batch) * batch  # images between two logged rows
+        k = data.manifest["num_classes"]
+        self.labels = torch.arange(n) % k
+        self.seeds = [derive_seed(ctx.seed, "cheap-fid", i) for i in range(n)]
+        self.evaluator = ctx.paths.model("evaluator") / "model.safetensors"
+
+    def __call__(self, images_seen: int) -> dict[str, float]:
+        """Due on the first logged row at or past each multiple of `every` (stateless: resumes exactly)."""
+        if self.every <= 0 or images_seen // self.every == (images_seen - self.spacing) // self.every:
+            return {}
+        images = self.sample(self.labels, self.seeds)
+        m = fid.compute(images, self.data.train.images, self.evaluator, kid_subset_size=50, pr_neighbourhood=3,
+                        cuda=self.ctx.device.type == "cuda")
+        return {"cheap_fid": m["fid"]}
+
+
+def logger(run: tracking.StageRun, cheap: CheapFID | None = None) -> Callable[[dict[str, float], int], dict]:
+    """on_log for `train`: metrics to MLflow (step = images seen), plus the cheap FID when it is due."""
+    def on_log(metrics: dict[str, float], images_seen: int) -> dict[str, float]:
+        extra = cheap(images_seen) if cheap is not None else {}
+        run.log_metrics({**metrics, **extra}, images_seen)
+        return extra
+    return on_log

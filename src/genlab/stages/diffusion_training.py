@@ -17,15 +17,25 @@ from genlab.config import DiffusionConfig
 from genlab.data import prompts
 from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
-from genlab.diffusion.sample import as_eps_denoiser
+from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
 from genlab.diffusion.schedules import alpha_bar
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
 from genlab.models.vae import reparameterize
 from genlab.paths import staged_dir
 from genlab.randomness import generator
-from genlab.sampling import load_vae
-from genlab.stages.common import Context, Data, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.sampling import load_vae, seeded_normal
+from genlab.stages.common import (
+    CheapFID,
+    Context,
+    Data,
+    fingerprint,
+    finish_training,
+    load_data,
+    logger,
+    save_training,
+    stage_run,
+)
 from genlab.stages.train_vae import encode
 from genlab.training import Trainable, train
 
@@ -41,8 +51,8 @@ def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
 class Conditioner:
     """Builds model(x_t, t, y) -> output for a batch of labels, with the condition dropped at rate p."""
 
-    def __init__(self, cfg: DiffusionConfig, unet: UNet, num_classes: int, device: torch.device) -> None:
-        self.cfg, self.unet, self.k, self.device = cfg, unet, num_classes, device
+    def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device) -> None:
+        self.cfg, self.k, self.device = cfg, num_classes, device
         if cfg.conditioning == "text":
             from genlab.models.text import TextEncoder
 
@@ -52,18 +62,19 @@ class Conditioner:
             tokens, mask = TextEncoder().encode(flat)
             self.tokens, self.mask = tokens.to(device), mask.to(device)
 
-    def model(self, y: torch.Tensor, g: torch.Generator | None, p_drop: float):  # noqa: ANN201 (a closure)
-        """The denoiser for labels y; with g, a random phrasing and condition dropout are drawn from it."""
+    def model(self, unet: UNet, y: torch.Tensor, g: torch.Generator | None, p_drop: float):  # noqa: ANN201
+        """The network (x_t, t, _) -> output for labels y; with g, a random phrasing and condition dropout
+        are drawn from it, without g the first phrasing and no dropout."""
         if self.cfg.conditioning == "class":
             y = drop_labels(y, p_drop, self.k, g) if g is not None else y
             y = y.to(self.device)
-            return lambda x, t, _y: self.unet(x, t, y)
+            return lambda x, t, _y: unet(x, t, y)
         per = len(self.table[0])
         pick = torch.randint(0, per, (len(y),), generator=g) if g is not None else torch.zeros(len(y), dtype=torch.long)
         rows = (y * per + pick).to(self.device)
         drop = (torch.rand(len(y), generator=g) < p_drop) if g is not None else torch.zeros(len(y), dtype=torch.bool)
         drop = drop.to(self.device)
-        return lambda x, t, _y: self.unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
+        return lambda x, t, _y: unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
 
 
 def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
@@ -85,6 +96,7 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
             return reparameterize(mean[idx], logvar[idx], eps) * scale  # scaled latents, unit variance
         shape = list(mean.shape[1:])
     else:
+        vae = None
         test_x0 = data.test.images
         extra["latent_scale"] = 1.0
         vae_hash = ""
@@ -98,13 +110,13 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
-    cond = Conditioner(cfg, unet, num_classes, ctx.device)
+    cond = Conditioner(cfg, num_classes, ctx.device)
     y_all = data.train.labels
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         unet.train()
         x0 = x0_batch(idx, g).to(ctx.device)
-        model = cond.model(y_all[idx], g, cfg.p_uncond)
+        model = cond.model(unet, y_all[idx], g, cfg.p_uncond)
         loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -114,10 +126,22 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss": loss.item()}
 
+    @torch.no_grad()
+    def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """EMA model, 20 DDIM steps, no guidance: the training curve's sampler."""
+        ema.eval()
+        model = cond.model(ema, labels, None, 0.0)
+        denoise = as_eps_denoiser(lambda x, t: model(x, t, None), cfg.prediction, ab)
+        noise = seeded_normal(seeds, tuple(shape), "latent").to(ctx.device)
+        x = ddim_sample(denoise, noise, ab, ddim_timesteps(cfg.timesteps, min(20, cfg.timesteps)))
+        x = x / extra["latent_scale"]
+        return (vae.decode(x) if space == "latent" else x).clamp(-1, 1).cpu()
+
     fp = fingerprint(stage, cfg, ctx.seed, data.hash, vae_hash)
     with stage_run(ctx, stage, cfg, data.hash) as mlrun:
+        cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
         train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(stage),
-              fingerprint=fp, on_log=mlrun.log_metrics)
+              fingerprint=fp, on_log=logger(mlrun, cheap))
         metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
                    "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
@@ -135,12 +159,10 @@ def bits_per_dim(cfg: DiffusionConfig, ema: UNet, cond: Conditioner, x0: torch.T
     """Mean negative ELBO (Ho et al. eq. 5) of the test split under the conditional EMA model, in bits per
     dimension of the space it models (continuous density: compare only within one space)."""
     ema.eval()
-    trained, cond.unet = cond.unet, ema
     g = generator(ctx.seed, "nll")
     total = []
     for i in range(0, len(x0), 256):
-        model = cond.model(labels[i : i + 256], None, 0.0)
+        model = cond.model(ema, labels[i : i + 256], None, 0.0)
         denoise = as_eps_denoiser(lambda x, t, m=model: m(x, t, None), cfg.prediction, ab)
         total.append(nll_bound_bits_per_dim(denoise, x0[i : i + 256].to(ctx.device), ab, g, n_t=cfg.nll_timesteps))
-    cond.unet = trained
     return float(torch.cat(total).mean())

@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from genlab.config import EvaluatorConfig
 from genlab.models.evaluator import Evaluator, random_shift
 from genlab.paths import staged_dir
-from genlab.stages.common import Context, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
 from genlab.training import Trainable, train
 
 STAGE = "train_evaluator"
@@ -42,7 +42,7 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
+              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=logger(mlrun))
         metrics = {
             "val_accuracy": accuracy(model, data.val.images, data.val.labels, ctx.device),
             "test_accuracy": accuracy(model, data.test.images, data.test.labels, ctx.device),

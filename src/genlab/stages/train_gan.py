@@ -6,9 +6,19 @@ import torch
 
 from genlab.config import GANConfig
 from genlab.models.ema import ema_copy, ema_decay, ema_update
-from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss
+from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, r1_penalty
 from genlab.paths import staged_dir
-from genlab.stages.common import Context, fingerprint, finish_training, load_data, save_training, stage_run
+from genlab.sampling import seeded_normal
+from genlab.stages.common import (
+    CheapFID,
+    Context,
+    fingerprint,
+    finish_training,
+    load_data,
+    logger,
+    save_training,
+    stage_run,
+)
 from genlab.training import Trainable, train
 
 STAGE = "train_gan"
@@ -34,8 +44,11 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         z = torch.randn((len(idx), cfg.z_dim), generator=g).to(ctx.device)
         y_fake = torch.randint(0, k, (len(idx),), generator=g).to(ctx.device)
         fake = G(z, y_fake)
+        x.requires_grad_(cfg.r1_gamma > 0)
         real_scores, fake_scores = D(x, y), D(fake.detach(), y_fake)
         loss_d = d_hinge_loss(real_scores, fake_scores)
+        r1 = r1_penalty(real_scores, x) if cfg.r1_gamma > 0 else torch.zeros((), device=ctx.device)
+        loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         opt_d.step()
@@ -45,12 +58,18 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         opt_g.step()
         ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "d_real": real_scores.mean().item(),
-                "d_fake": fake_scores.mean().item()}
+                "d_fake": fake_scores.mean().item(), "r1": r1.item()}
+
+    @torch.no_grad()
+    def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        G_ema.eval()
+        return G_ema(seeded_normal(seeds, (cfg.z_dim,), "z").to(ctx.device), labels.to(ctx.device)).cpu()
 
     fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
+        cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=mlrun.log_metrics)
+              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=logger(mlrun, cheap))
         last = trainable.history[-1]
         metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"]}
         out_dir = ctx.paths.model("gan")

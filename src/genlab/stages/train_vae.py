@@ -89,7 +89,7 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
     prefix = "ae_" if plain else ""
     train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
           fingerprint=fingerprint(key, cfg, ctx.seed, data.hash),
-          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s))
+          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {})
     return trainable
 
 

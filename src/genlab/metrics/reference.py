@@ -1,0 +1,129 @@
+"""Reference statistics: the reference set's features, computed once and cached by content.
+
+A reference file is keyed by what determines its numbers — the data hash, the FID tier, the sha256 of
+the extractor weights and the feature layer — never by a file or run name, so a stale file (the data or
+the extractor changed) is detected instead of silently reused. It keeps the (N, D) features, not only
+(mu, sigma): KID and precision/recall need the samples themselves.
+
+`score_against` scores generated images against a cached reference with torch-fidelity's own metric
+functions, in the order and with the defaults `torch_fidelity.calculate_metrics` uses (input1 =
+generated, input2 = reference), so it gives the same numbers as `fid.compute_tier` on the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_kid import kid_features_to_metric
+from torch_fidelity.metric_prc import prc_features_to_metric
+
+from genlab.errors import GenlabError
+from genlab.metrics.fid import Extractor, extract_features, relabel
+from genlab.paths import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+def reference_key(data_hash: str, extractor: Extractor) -> str:
+    """sha256 over (data hash, tier, weights sha256, feature layer): the content the statistics depend on."""
+    parts = [data_hash, extractor.tier, extractor.sha256, extractor.feature_layer]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ReferenceStats:
+    """Reference features (N, D) and their FID statistics mu (D,), sigma (D, D), all float64.
+
+    The extractors emit float32; the float64 values here are exact copies, and `score_against` casts them
+    back, so torch-fidelity sees bit-for-bit what `calculate_metrics` would."""
+
+    features: torch.Tensor
+    mu: np.ndarray
+    sigma: np.ndarray
+    key: str
+    extractor: Extractor
+
+    @property
+    def n(self) -> int:
+        return self.features.shape[0]
+
+
+def compute_reference(images: torch.Tensor, extractor: Extractor, key: str, batch_size: int = 256,
+                      cuda: bool = False) -> ReferenceStats:
+    """Extract the reference features once; mu and sigma with torch-fidelity's `fid_features_to_statistics`."""
+    feats = extract_features(images, extractor, batch_size, cuda)
+    stats = fid_features_to_statistics(feats)
+    return ReferenceStats(features=feats.double(), mu=stats["mu"].astype(np.float64),
+                          sigma=stats["sigma"].astype(np.float64), key=key, extractor=extractor)
+
+
+def save_reference(stats: ReferenceStats, path: Path) -> None:
+    """safetensors: features, mu, sigma; the key and the extractor description in the header."""
+    tensors = {"features": stats.features.contiguous(), "mu": torch.from_numpy(np.ascontiguousarray(stats.mu)),
+               "sigma": torch.from_numpy(np.ascontiguousarray(stats.sigma))}
+    metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(asdict(stats.extractor), sort_keys=True)}
+    atomic_write(Path(path), save(tensors, metadata=metadata))
+
+
+def _header(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise GenlabError(f"{path}: reference statistics not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except SafetensorError as e:
+        raise GenlabError(f"{path}: not a reference statistics file ({e})") from e
+
+
+def load_reference(path: Path, expected_key: str | None = None) -> ReferenceStats:
+    """Load a reference file; with `expected_key`, refuse a stale one (the data or the extractor changed)."""
+    path = Path(path)
+    meta = _header(path)
+    if "key" not in meta or "extractor" not in meta:
+        raise GenlabError(f"{path}: not a reference statistics file (no key/extractor in its header)")
+    if expected_key is not None and meta["key"] != expected_key:
+        raise GenlabError(f"{path}: stale reference statistics (key {meta['key'][:12]}, expected "
+                          f"{expected_key[:12]}): the data or the feature extractor changed; recompute them")
+    t = load_file(str(path))
+    return ReferenceStats(features=t["features"], mu=t["mu"].numpy(), sigma=t["sigma"].numpy(), key=meta["key"],
+                          extractor=Extractor(**json.loads(meta["extractor"])))
+
+
+def cached_reference(path: Path, images: torch.Tensor, extractor: Extractor, data_hash: str,
+                     batch_size: int = 256, cuda: bool = False) -> ReferenceStats:
+    """The reference statistics at `path` if their key matches (data_hash, extractor), else computed and saved."""
+    path, key = Path(path), reference_key(data_hash, extractor)
+    if path.is_file() and _header(path).get("key") == key:
+        return load_reference(path, key)
+    if path.is_file():
+        log.info("%s: stale reference statistics, recomputing", path)
+    stats = compute_reference(images, extractor, key, batch_size, cuda)
+    save_reference(stats, path)
+    return stats
+
+
+def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor: Extractor, kid_subset_size: int,
+                  pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
+    """FID, KID (mean, std) and precision/recall of `generated_images` against cached reference features."""
+    same = (ref.extractor.tier, ref.extractor.sha256, ref.extractor.feature_layer)
+    if same != (extractor.tier, extractor.sha256, extractor.feature_layer):
+        raise GenlabError(f"reference statistics were computed with {ref.extractor.label} "
+                          f"({ref.extractor.feature_layer}), not {extractor.label} ({extractor.feature_layer})")
+    gen = extract_features(generated_images, extractor, batch_size, cuda)
+    real = ref.features.to(gen.dtype)  # exact: float32 values held as float64
+    gen_stats = fid_features_to_statistics(gen)
+    ref_stats = {k: v.astype(gen_stats[k].dtype) for k, v in (("mu", ref.mu), ("sigma", ref.sigma))}
+    subset = min(kid_subset_size, len(gen), len(real))
+    m = {**fid_statistics_to_metric(gen_stats, ref_stats, verbose=False),
+         **kid_features_to_metric(gen, real, kid_subset_size=subset, verbose=False),
+         **prc_features_to_metric(gen, real, prc_neighborhood=pr_neighbourhood, save_cpu_ram=True, verbose=False)}
+    return relabel(m)

@@ -1,0 +1,46 @@
+"""R1 penalty reference value and the cheap-FID schedule (stateless, so resumes see the same points)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from genlab.config import GANConfig
+from genlab.models.gan import r1_penalty
+from genlab.stages.common import CheapFID
+
+
+def test_r1_of_a_linear_critic_is_its_squared_weight_norm() -> None:
+    w = torch.tensor([[1.0, -2.0, 3.0]])
+    x = torch.randn(5, 3, requires_grad=True)
+    scores = (x * w).sum(1)  # D(x) = <w, x>: grad_x D = w for every sample
+    assert r1_penalty(scores, x).item() == torch.tensor(14.0).item()
+
+
+def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    import genlab.stages.common as common
+
+    monkeypatch.setattr(common.fid, "compute", lambda images, *a, **k: {"fid": float(images.sum())})
+    class Train(list):  # 1000 training images; CheapFID reads their count and passes .images on
+        images = None
+
+    data = SimpleNamespace(manifest={"num_classes": 10}, train=Train([0] * 1000))
+    ctx = SimpleNamespace(seed=0, paths=SimpleNamespace(model=lambda name: Path(name)), device=torch.device("cpu"))
+    cfg = GANConfig(batch_size=64, log_every_images=512)  # a logged row every 8 steps = 512 images
+    sampled: list[int] = []
+
+    def sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        sampled.append(len(seeds))
+        return torch.ones(len(seeds))
+
+    cheap = CheapFID(ctx, data, cfg, every_images=2000, n=10, sample=sample)
+    results = {seen: cheap(seen) for seen in range(512, 10001, 512)}
+    assert [seen for seen, r in results.items() if r] == [2048, 4096, 6144, 8192]
+    assert all(r == {"cheap_fid": 10.0} for r in results.values() if r)
+    assert sampled == [10] * 4
+    # stateless: a resumed run asking at 6144 gets the same answer as the uninterrupted one
+    assert CheapFID(ctx, data, cfg, every_images=2000, n=10, sample=sample)(6144) == {"cheap_fid": 10.0}
+    assert CheapFID(ctx, data, cfg, every_images=0, n=10, sample=sample)(6144) == {}
