@@ -3,6 +3,7 @@ experiment, and the Prefect flow. Stages run in order within this module (one sh
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import sys
@@ -21,7 +22,7 @@ from tests.conftest import sh
 
 FAMILIES = ("vae", "ldm", "pixel", "gan")
 STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
-          "guidance_sweep", "evaluate")
+          "guidance_sweep", "reference_stats", "evaluate")
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +180,24 @@ def test_compare_lists_every_family(repro: tuple[Path, dict[str, str], str], mon
     ldm = table[table.family == "ldm"].iloc[0]
     assert ldm["images_seen"] == 1984 and ldm["guidance_scale"] == 2.0 and ldm["sample_steps"] == 5
     assert main(["compare", "--sort", "nonsense"]) == 2
+
+
+def test_stale_reference_statistics_are_refused(repro: tuple[Path, dict[str, str], str]) -> None:
+    """Statistics keyed by another data version must never score this one: evaluate stops, exit 2."""
+    from genlab.metrics.reference import load_reference, save_reference
+
+    root, env = repro[0], repro[1]
+    path = root / "stats" / "reference.safetensors"
+    original = path.read_bytes()
+    before = (root / "metrics" / "evaluate.json").read_bytes()
+    stats = load_reference(path)
+    stale = dataclasses.replace(stats, key="0" * 64)  # as if computed from another data version
+    try:
+        save_reference(stale, path)
+        proc = sh(["genlab", "evaluate"], root, env, check=False)
+        assert proc.returncode == 2
+        err = proc.stderr.strip().splitlines()[-1]
+        assert err.startswith("genlab: error:") and "stats/reference.safetensors" in err and "stale" in err
+        assert (root / "metrics" / "evaluate.json").read_bytes() == before  # nothing written
+    finally:
+        path.write_bytes(original)

@@ -23,6 +23,7 @@ STAGES = {
     "train_gan": ("gan",),
     "sample": ("sample", "ldm", "pixel"),
     "guidance_sweep": ("sample", "ldm"),
+    "reference_stats": ("evaluate",),
     "evaluate": ("evaluate", "ldm", "pixel"),
 }
 

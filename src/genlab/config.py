@@ -142,7 +142,8 @@ class SampleConfig(Section):
 class EvaluateConfig(Section):
     kid_subset_size: int = Field(100, ge=2)  # clipped to the sample count
     pr_neighbourhood: int = Field(3, ge=1)  # k of the k-NN manifolds of precision/recall
-    feature_extractor_weights_path: str | None = None  # an Inception-v3 weights file: standard FID
+    feature_extractor_weights_path: str | None = None  # an Inception-v3 weights file: standard FID tier
+    per_class_fid: bool = True  # FID of each class's samples against that class's reference images
     batch_size: int = Field(256, ge=1)
 
 

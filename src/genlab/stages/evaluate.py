@@ -10,7 +10,6 @@ it beats the current champion on the same protocol (data hash and extractor).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -23,9 +22,11 @@ import pandas as pd
 from genlab import html_report
 from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
 from genlab.metrics import fid
+from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
 from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
+from genlab.stages.reference_stats import extractor_for, reference_path
 from genlab.stages.sample import diffusion_settings, read_samples
 from genlab.tracking import StageRun, promote_if_better
 
@@ -33,17 +34,19 @@ STAGE = "evaluate"
 log = logging.getLogger(__name__)
 
 
-def score(cfg: EvaluateConfig, ctx: Context, data: Data, evaluator: Path) -> dict[str, dict]:
+def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extractor, ref: ReferenceStats,
+          evaluator: Path) -> dict[str, dict]:
+    """Every family and the data floor against the cached reference, one protocol for all."""
     cuda = ctx.device.type == "cuda"
-    common = {"evaluator_path": evaluator, "kid_subset_size": cfg.kid_subset_size,
-              "pr_neighbourhood": cfg.pr_neighbourhood, "batch_size": cfg.batch_size, "cuda": cuda}
-    floor = fid.compute(data.test.images, data.train.images, **common)
+    common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
+              "batch_size": cfg.batch_size, "cuda": cuda}
+    floor = score_against(data.test.images, ref, extractor, **common)
     floor["class_accuracy"] = fid.class_accuracy(evaluator, data.test.images, data.test.labels)
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
         s = read_samples(ctx, family)
         log.info("scoring %s (%d samples)", family, len(s["images"]))
-        m = fid.compute(s["images"], data.train.images, **common)
+        m = score_against(s["images"], ref, extractor, **common)
         m["fid_ratio"] = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("nan")
         m["n"] = len(s["images"])
         training = json.loads((ctx.paths.model(family) / "training.json").read_text())
@@ -51,6 +54,10 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, evaluator: Path) -> dic
                  train_run_id=training["run_id"])
         if (s["labels"] >= 0).all():
             m["class_accuracy"] = fid.class_accuracy(evaluator, s["images"], s["labels"])
+            if cfg.per_class_fid:
+                per = fid.per_class_fid(s["images"], s["labels"], data.train.images, data.train.labels, extractor,
+                                        batch_size=cfg.batch_size, cuda=cuda)
+                m["per_class_fid"] = {str(c): v for c, v in per.items()}
         results[family] = m
     return results
 
@@ -89,18 +96,23 @@ def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, Dif
 def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     evaluator = ctx.paths.model("evaluator") / "model.safetensors"
-    evaluator_sha = hashlib.sha256(evaluator.read_bytes()).hexdigest()
-    protocol = {"data_hash": data.hash, "feature_extractor": f"{fid.EXTRACTOR}@{evaluator_sha[:12]}",
-                "reference": "train", "n_samples": str(len(data.test))}
+    extractor = extractor_for(cfg, ctx)
+    # stale statistics (other data or extractor) stop here with a one-line error naming the file
+    ref = load_reference(reference_path(ctx), expected_key=reference_key(data.hash, extractor))
+    protocol = {"data_hash": data.hash, "feature_extractor": extractor.label, "fid_tier": extractor.tier,
+                "reference": "train", "reference_key": ref.key, "n_reference": str(ref.n),
+                "n_samples": str(len(data.test))}
+    note = f"FID tier: {extractor.note}."
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
-        results = score(cfg, ctx, data, evaluator)
+        results = score(cfg, ctx, data, extractor, ref, evaluator)
         table = comparison_table(results)
         ctx.paths.reports.mkdir(parents=True, exist_ok=True)
-        md, csv = write_comparison(table, ctx.paths.reports, f"FID tier: {fid.EXTRACTOR_NOTE}.")
+        md, csv = write_comparison(table, ctx.paths.reports, note)
         for family, m in results.items():
             key = family.split(" ")[0].replace("data", "floor")
             mlrun.log_metrics({f"{key}_{k}": v for k, v in m.items()
                                if isinstance(v, int | float) and np.isfinite(v)})
+            mlrun.log_metrics({f"{key}_fid_class_{c}": v for c, v in m.get("per_class_fid", {}).items()})
             if "train_run_id" in m:
                 mlrun.set_tags({f"genlab.{key}.train_run_id": m["train_run_id"]})
         mlrun.set_tags({f"genlab.protocol.{k}": v for k, v in protocol.items()})
@@ -112,11 +124,17 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
         decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol)
-        page = html_report.build(ctx.paths.root, table, f"FID tier: {fid.EXTRACTOR_NOTE}.", protocol, decisions)
+        page = html_report.build(ctx.paths.root, table, note, protocol, decisions)
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
-        metrics = {"feature_extractor": fid.EXTRACTOR_NOTE, "protocol": protocol,
+        metrics = {"feature_extractor": extractor.note, "protocol": protocol,
+                   "sampling": {"seed": sample_seed(ctx), **{f: diffusion_settings(c) for f, c in diffusion.items()}},
                    "floor": results["data floor (test vs train)"],
                    **{f: results[f] for f in FAMILIES}, "registry": decisions}
         mlrun.log_dict(metrics, "evaluate.json")
     write_metrics(ctx, STAGE, metrics)
     return metrics
+
+
+def sample_seed(ctx: Context) -> int:
+    """The base seed the sample stage used (each image's own seed is derived from it)."""
+    return int(json.loads((ctx.paths.samples / "manifest.json").read_text())["base_seed"])
