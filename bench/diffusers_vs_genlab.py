@@ -42,7 +42,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,35 +97,47 @@ class Bench:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What an arm did with its wall-clock budget."""
+
+    images_seen: int
+    train_seconds: float  # >= the budget: the clock is read after each step
+    final_loss: float  # mean of the last 10 steps
+    median_step_seconds: float  # robust to a slow first step and to other load on the machine
+    first_step_seconds: float
+
+
+@dataclass(frozen=True)
 class Trained:
     """An arm after its budget: how much it trained and how it samples."""
 
     sample: Sample
     parameters: int
-    images_seen: int
-    train_seconds: float
-    final_loss: float
+    budget: Budget
     settings: dict[str, Any]
 
 
-def train_for(arm: str, step: StepFn, bench: Bench, batch_size: int) -> tuple[int, float, float]:
+def train_for(arm: str, step: StepFn, bench: Bench, batch_size: int) -> Budget:
     """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
-    of wall-clock have passed, checked after each optimizer step. Returns (images seen, seconds, mean loss of
-    the last 10 steps)."""
+    of wall-clock have passed, checked after each optimizer step."""
     seed, n = bench.params.seed, len(bench.train)
     losses: list[float] = []
-    k, start, last_log = 0, time.perf_counter(), 0.0
-    while (elapsed := time.perf_counter() - start) < bench.seconds:
+    times: list[float] = []
+    start = last_log = time.perf_counter()
+    while (now := time.perf_counter()) - start < bench.seconds:
+        k = len(losses)
         losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k)))
-        k += 1
-        if elapsed - last_log >= 30:
-            log.info("%s: %d images seen, %.0f s", arm, k * batch_size, elapsed)
-            last_log = elapsed
-    elapsed = time.perf_counter() - start
+        times.append(time.perf_counter() - now)
+        if now - last_log >= 30:
+            log.info("%s: %d images seen, %.0f s", arm, (k + 1) * batch_size, now - start)
+            last_log = now
     tail = losses[-10:]
-    log.info("%s: trained on %d images in %.1f s (%.0f img/s), loss %.4f", arm, k * batch_size, elapsed,
-             k * batch_size / elapsed, sum(tail) / max(len(tail), 1))
-    return k * batch_size, elapsed, sum(tail) / max(len(tail), 1)
+    b = Budget(images_seen=len(losses) * batch_size, train_seconds=time.perf_counter() - start,
+               final_loss=sum(tail) / len(tail), median_step_seconds=sorted(times)[len(times) // 2],
+               first_step_seconds=times[0])
+    log.info("%s: trained on %d images in %.1f s (%.0f img/s; median step %.3f s), loss %.4f", arm, b.images_seen,
+             b.train_seconds, b.images_seen / b.train_seconds, b.median_step_seconds, b.final_loss)
+    return b
 
 
 def genlab_arm(bench: Bench, space: str) -> Trained:
@@ -175,9 +187,10 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
         steps_done[0] += 1
         return loss.item()
 
-    images_seen, seconds, loss = train_for(f"genlab-{space}", step, bench, batch)
+    budget = train_for(f"genlab-{space}", step, bench, batch)
     snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
-                    "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape, **extra}
+                    "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
+                    "source": "digits", **extra}
     with tempfile.TemporaryDirectory() as tmp:
         save_snapshot(ema, Path(tmp) / "model.safetensors", snapshot_cfg)
         sampler = DiffusionSampler(Path(tmp), vae_dir, device)
@@ -185,7 +198,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     def sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         return generate(sampler, labels, seeds, bench.params.sample.batch_size, **settings)
-    return Trained(sample, sum(p.numel() for p in unet.parameters()), images_seen, seconds, loss,
+    return Trained(sample, sum(p.numel() for p in unet.parameters()), budget,
                    {**settings, "lr": cfg.lr, "batch_size": batch, "network": network})
 
 
@@ -251,7 +264,7 @@ def diffusers_arm(bench: Bench, channels: tuple[int, ...], layers: int) -> Train
         ema.step(model.parameters())
         return loss.item()
 
-    images_seen, seconds, loss = train_for("diffusers-pixel", step, bench, batch)
+    budget = train_for("diffusers-pixel", step, bench, batch)
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())
     ddim = DDIMScheduler.from_config(noise_scheduler.config)
@@ -264,7 +277,7 @@ def diffusers_arm(bench: Bench, channels: tuple[int, ...], layers: int) -> Train
     settings = {"sampler": "ddim (diffusers DDIMScheduler)", "steps": bench.steps, "eta": 0.0, "guidance_scale": w,
                 "lr": 1e-4, "batch_size": batch, "block_out_channels": list(channels), "layers_per_block": layers,
                 "ema_decay_final": ema.cur_decay_value}
-    return Trained(sample, sum(p.numel() for p in model.parameters()), images_seen, seconds, loss, settings)
+    return Trained(sample, sum(p.numel() for p in model.parameters()), budget, settings)
 
 
 def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -286,11 +299,9 @@ def run_arm(bench: Bench, arm: str, args: argparse.Namespace) -> dict[str, Any]:
     images = trained.sample(bench.labels, bench.seeds)
     sample_seconds = time.perf_counter() - start
     log.info("%s: sampled %d images in %.1f s", arm, len(images), sample_seconds)
-    return {**score(bench, images, bench.labels), "images_seen": trained.images_seen,
-            "images_per_second": trained.images_seen / trained.train_seconds,
-            "parameters": trained.parameters, "train_seconds": round(trained.train_seconds, 2),
-            "sample_seconds": round(sample_seconds, 2), "final_loss": trained.final_loss,
-            "settings": trained.settings}
+    b = trained.budget
+    return {**score(bench, images, bench.labels), **asdict(b), "images_per_second": b.images_seen / b.train_seconds,
+            "parameters": trained.parameters, "sample_seconds": sample_seconds, "settings": trained.settings}
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -342,6 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     paths = Paths(args.project.resolve())
     params = load_params(paths.root / "params.yaml")
     manifest = splits.read_manifest(paths.prepared)
+    if manifest.get("source", "digits") != "digits":  # one label per image: the diffusers arm's class embedding
+        raise SystemExit(f"{paths.prepared}: source {manifest['source']!r}; this bench compares on digits only")
     k = int(manifest["num_classes"])
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)

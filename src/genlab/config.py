@@ -22,7 +22,10 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["digits"] = "digits"  # scikit-learn's load_digits, shipped inside the package
+    source: Literal["digits", "shapes"] = "digits"  # digits: scikit-learn's, shipped; shapes: procedural, captioned
+    shapes_count: int = Field(6000, ge=100)  # shapes only: how many images to generate
+    # shapes only: attribute combinations kept out of train/val (they appear in test and in prompts only)
+    holdout: tuple[dict[str, str], ...] = ({"colour": "red", "shape": "triangle"},)
     image_size: int = Field(16, ge=8, le=64)  # digits are 8x8; bilinear-resized to this (power of two)
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)  # also the sample count of every FID in `evaluate`

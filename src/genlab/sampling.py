@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from genlab.checkpoint import load_snapshot
-from genlab.data.prompts import heldout_prompts
+from genlab.data.sources import heldout_prompts
 from genlab.diffusion.sample import (
     Denoiser,
     as_eps_denoiser,
@@ -88,7 +88,8 @@ class DiffusionSampler:
             out = guided(self.unet, labels.to(self.device), self.cfg["network"]["num_classes"], guidance_scale)
         else:
             # unseen phrasings by default: the held-out templates, cycled over the images of each label
-            texts = prompts or [heldout_prompts(int(y))[i % len(heldout_prompts(int(y)))] for i, y in enumerate(labels)]
+            source = self.cfg.get("source", "digits")
+            texts = prompts or [cycle(heldout_prompts(source, int(y)), i) for i, y in enumerate(labels)]
             tokens, mask = self.text.encode(texts)
             out = guided_text(self.unet, tokens.to(self.device), mask.to(self.device), guidance_scale)
         return as_eps_denoiser(out, self.cfg.get("prediction", "eps"), self.alpha_bar)
@@ -111,6 +112,10 @@ class DiffusionSampler:
             x = ddim_sample(denoise, noise, self.alpha_bar, ts, eta, step_noise=step_noise)
         x = x / c["latent_scale"]
         return (self.vae.decode(x) if self.vae is not None else x).clamp(-1, 1).cpu()
+
+
+def cycle(options: list[str], i: int) -> str:
+    return options[i % len(options)]
 
 
 def guided_text(unet: UNet, tokens: torch.Tensor, mask: torch.Tensor, scale: float) -> Denoiser:

@@ -222,10 +222,20 @@ def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, ref_images
 
 
 @torch.no_grad()
-def class_accuracy(evaluator_path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
+@torch.no_grad()
+def attribute_accuracy(evaluator_path: Path, images: torch.Tensor, attributes: torch.Tensor) -> dict[str, float]:
+    """Accuracy of the evaluator's prediction of every attribute (N, A), and of all of them at once."""
     state, cfg = load_snapshot(evaluator_path)
     net = Evaluator(**cfg["network"])
     net.load_state_dict(state)
     net.eval()
-    pred = torch.cat([net(images[i : i + 512]).argmax(1) for i in range(0, len(images), 512)])
-    return float((pred == labels).float().mean())
+    names = cfg.get("attribute_names") or [f"head{i}" for i in range(len(net.heads))]
+    pred = torch.cat([net.predict(images[i : i + 512]) for i in range(0, len(images), 512)])
+    hit = pred == attributes
+    per = {n: float(hit[:, i].float().mean()) for i, n in enumerate(names)}
+    return {**per, "all": float(hit.all(1).float().mean())}
+
+
+def class_accuracy(evaluator_path: Path, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of images whose every predicted attribute is right; (N,) labels mean one attribute."""
+    return attribute_accuracy(evaluator_path, images, labels[:, None] if labels.dim() == 1 else labels)["all"]

@@ -8,9 +8,13 @@ from torch.nn import functional as F
 
 
 class Evaluator(nn.Module):
-    """(B, C, S, S) in [-1, 1] -> logits (B, classes); `features` is the 4*width-d penultimate layer."""
+    """(B, C, S, S) in [-1, 1] -> logits (B, sum(heads)); `features` is the 4*width-d penultimate layer.
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+    One softmax head per attribute (`heads`: classes of each; digits: one head of 10): `split` cuts the
+    logits into per-head pieces.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int | list[int] = 10, width: int = 32) -> None:
         super().__init__()
         w = width
         self.body = nn.Sequential(
@@ -20,14 +24,27 @@ class Evaluator(nn.Module):
             nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
-        self.head = nn.Linear(4 * w, num_classes)
+        self.heads = [num_classes] if isinstance(num_classes, int) else list(num_classes)
+        self.head = nn.Linear(4 * w, sum(self.heads))
         self.feature_dim = 4 * w
+
+    def split(self, logits: torch.Tensor) -> list[torch.Tensor]:
+        return list(logits.split(self.heads, dim=1))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, A) predicted class of every attribute."""
+        return torch.stack([part.argmax(1) for part in self.split(self(x))], dim=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def attribute_loss(model: Evaluator, logits: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    """Sum over heads of the cross-entropy of each attribute: (B, sum(heads)), (B, A) -> scalar."""
+    return sum(F.cross_entropy(part, attributes[:, i]) for i, part in enumerate(model.split(logits)))
 
 
 def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:

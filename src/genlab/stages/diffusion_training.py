@@ -14,7 +14,7 @@ import hashlib
 import torch
 
 from genlab.config import DiffusionConfig
-from genlab.data import prompts
+from genlab.data import sources
 from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
 from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
@@ -51,13 +51,13 @@ def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
 class Conditioner:
     """Builds model(x_t, t, y) -> output for a batch of labels, with the condition dropped at rate p."""
 
-    def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device) -> None:
+    def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device, source: str = "digits") -> None:
         self.cfg, self.k, self.device = cfg, num_classes, device
         if cfg.conditioning == "text":
             from genlab.models.text import TextEncoder
 
             # every training phrasing of every label, encoded once: (K * P, L, 384)
-            self.table = [prompts.all_train_prompts(c) for c in range(num_classes)]
+            self.table = [sources.train_prompts(source, c) for c in range(num_classes)]
             flat = [p for ps in self.table for p in ps]
             tokens, mask = TextEncoder().encode(flat)
             self.tokens, self.mask = tokens.to(device), mask.to(device)
@@ -110,7 +110,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
-    cond = Conditioner(cfg, num_classes, ctx.device)
+    source = data.manifest["source"]
+    cond = Conditioner(cfg, num_classes, ctx.device, source)
     y_all = data.train.labels
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
@@ -145,7 +146,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
                    "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
-                        "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape, **extra}
+                        "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
+                        "source": source, **extra}
         out_dir = ctx.paths.model(name)
         with staged_dir(out_dir) as out:
             history = save_training(out, stage, cfg, trainable, ema, snapshot_cfg, fp)

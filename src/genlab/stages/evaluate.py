@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from genlab import html_report
 from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
+from genlab.data import shapes, sources
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
 from genlab.report import comparison_table, write_comparison
@@ -41,7 +43,7 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
               "batch_size": cfg.batch_size, "cuda": cuda}
     floor = score_against(data.test.images, ref, extractor, **common)
-    floor["class_accuracy"] = fid.class_accuracy(evaluator, data.test.images, data.test.labels)
+    floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
         s = read_samples(ctx, family)
@@ -53,7 +55,7 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
         m.update(images_seen=training["images_seen"], train_seconds=training["train_seconds"],
                  train_run_id=training["run_id"])
         if (s["labels"] >= 0).all():
-            m["class_accuracy"] = fid.class_accuracy(evaluator, s["images"], s["labels"])
+            m.update(accuracies(evaluator, s["images"], s["labels"], data.manifest))
             if cfg.per_class_fid:
                 per = fid.per_class_fid(s["images"], s["labels"], data.train.images, data.train.labels, extractor,
                                         batch_size=cfg.batch_size, cuda=cuda)
@@ -138,3 +140,19 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
 def sample_seed(ctx: Context) -> int:
     """The base seed the sample stage used (each image's own seed is derived from it)."""
     return int(json.loads((ctx.paths.samples / "manifest.json").read_text())["base_seed"])
+
+
+def accuracies(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, manifest: dict) -> dict[str, float]:
+    """class_accuracy (every attribute right); with several attributes also each one's accuracy and, where
+    some combinations were held out of training, the accuracy on exactly those (prompt accuracy on unseen
+    combinations)."""
+    attrs = sources.label_attributes(manifest["source"], labels)
+    acc = fid.attribute_accuracy(evaluator, images, attrs)
+    out = {"class_accuracy": acc.pop("all")}
+    if len(acc) > 1:
+        out.update({f"accuracy_{k}": v for k, v in acc.items()})
+    if manifest.get("holdout"):
+        held = ~shapes.split_holdout_combinations(attrs, manifest["holdout"])
+        if held.any():
+            out["holdout_accuracy"] = fid.class_accuracy(evaluator, images[held], attrs[held])
+    return out

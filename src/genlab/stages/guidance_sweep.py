@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from genlab.config import LDMConfig, SampleConfig
+from genlab.data.sources import label_attributes
 from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
@@ -41,7 +42,9 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
             m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
                             cuda=ctx.device.type == "cuda")
             row = {"guidance_scale": w, "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
-                   "kid_mean": m["kid_mean"], "class_accuracy": fid.class_accuracy(evaluator, images, labels)}
+                   "kid_mean": m["kid_mean"],
+                   "class_accuracy": fid.class_accuracy(evaluator, images,
+                                                        label_attributes(data.manifest["source"], labels))}
             rows.append(row)
             log.info("guidance %.2f: FID %.4g, class accuracy %.4f", w, row["fid"], row["class_accuracy"])
             per = min(8, cfg.n_per_class)

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 from genlab.config import EvaluatorConfig
-from genlab.models.evaluator import Evaluator, random_shift
+from genlab.models.evaluator import Evaluator, attribute_loss, random_shift
 from genlab.paths import staged_dir
 from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
 from genlab.training import Trainable, train
@@ -15,25 +14,27 @@ STAGE = "train_evaluator"
 
 
 @torch.no_grad()
-def accuracy(model: Evaluator, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
+def accuracy(model: Evaluator, images: torch.Tensor, attributes: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Per-attribute accuracy (A,)."""
     model.eval()
-    pred = torch.cat([model(images[i : i + 512].to(device)).argmax(1).cpu() for i in range(0, len(images), 512)])
-    return float((pred == labels).float().mean())
+    pred = torch.cat([model.predict(images[i : i + 512].to(device)).cpu() for i in range(0, len(images), 512)])
+    return (pred == attributes).float().mean(0)
 
 
 def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    network = {"in_channels": c, "num_classes": data.manifest["num_classes"], "width": cfg.width}
+    attrs = data.manifest["attributes"]
+    network = {"in_channels": c, "num_classes": attrs["num_classes"], "width": cfg.width}
     model = Evaluator(**network).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
-    x_all, y_all = data.train.images, data.train.labels
+    x_all, y_all = data.train.images, data.train.attributes
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         model.train()
         x = random_shift(x_all[idx], g).to(ctx.device)
-        loss = F.cross_entropy(model(x), y_all[idx].to(ctx.device))
+        loss = attribute_loss(model, model(x), y_all[idx].to(ctx.device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -43,12 +44,13 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
               ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=logger(mlrun))
-        metrics = {
-            "val_accuracy": accuracy(model, data.val.images, data.val.labels, ctx.device),
-            "test_accuracy": accuracy(model, data.test.images, data.test.labels, ctx.device),
-        }
+        val = accuracy(model, data.val.images, data.val.attributes, ctx.device)
+        test = accuracy(model, data.test.images, data.test.attributes, ctx.device)
+        metrics = {"val_accuracy": float(val.mean()), "test_accuracy": float(test.mean()),
+                   **{f"test_accuracy_{n}": float(a) for n, a in zip(attrs["names"], test, strict=True)}}
         out_dir = ctx.paths.model("evaluator")
         with staged_dir(out_dir) as out:
-            history = save_training(out, STAGE, cfg, trainable, model, {"network": network, "image_size": s}, fp)
+            snapshot_cfg = {"network": network, "image_size": s, "attribute_names": attrs["names"]}
+            history = save_training(out, STAGE, cfg, trainable, model, snapshot_cfg, fp)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics)
     return metrics

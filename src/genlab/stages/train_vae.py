@@ -111,15 +111,20 @@ def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_me
     dirs, stds = lt.principal_directions(train_mean, cfg.traversal_directions)
     knobs = lt.traversal(t_mean[0], dirs, stds, steps=9, span=3.0).flatten(0, 1)
     save_grid(decode(vae, knobs, dev), out / "traversal.png", nrow=9)
-    means = lt.class_means(train_mean, data.train.labels)
+    # the concept is the first attribute: the digit, or a shape's colour
+    concept, test_concept = data.train.attributes[:, 0], data.test.attributes[:, 0]
+    means = lt.class_means(train_mean, concept)
     k = means.shape[0]
-    sources = torch.tensor([int((data.test.labels == c).nonzero()[0, 0]) for c in range(k)])
-    grid = torch.stack([lt.concept_arithmetic(t_mean[i], means, int(data.test.labels[i]), b)
+    sources = torch.tensor([int((test_concept == c).nonzero()[0, 0]) for c in range(k)])
+    grid = torch.stack([lt.concept_arithmetic(t_mean[i], means, int(test_concept[i]), b)
                         for i in sources for b in range(k)])
     images = decode(vae, grid, dev)
     save_grid(torch.cat([data.test.images[sources][:, None], images.view(k, k, *images.shape[1:])], 1).flatten(0, 1),
               out / "arithmetic.png", nrow=k + 1)
-    return {"images": images, "targets": torch.arange(k).repeat(k)}
+    # targets: attribute rows whose first column is the target concept (other columns: the source's)
+    targets = data.test.attributes[sources].repeat_interleave(k, 0).clone()
+    targets[:, 0] = torch.arange(k).repeat(k)
+    return {"images": images, "targets": targets}
 
 
 def run(cfg: VAEConfig, ctx: Context) -> dict:
@@ -157,7 +162,8 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             save_grid(pairs, out / "reconstructions.png", nrow=10)
             save_grid(vae_prior[:64], out / "prior_samples.png", nrow=8)
             arith = latent_pictures(vae, cfg, ctx, data, mean, out)
-            metrics["arithmetic_accuracy"] = fid.class_accuracy(evaluator, arith["images"], arith["targets"])
+            first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
+            metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
             if cfg.ae_baseline:
                 ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"]
                 ae_mean, _ = encode(ae, data.train.images, ctx.device)
