@@ -8,15 +8,16 @@ Arms, trained one after another in this process, each for `--seconds` of wall-cl
 every optimizer step, so an arm overshoots by at most one step), with the same seed, the same batches of
 genlab's prepared train split and torch threads fixed at 2:
   genlab-latent    genlab's LDM as params.yaml's `ldm` section configures it: genlab's U-Net on the VAE's scaled
-                   latents (z ~ q(z|x) drawn fresh each step), genlab's loss, label dropout and EMA.
+                   latents (z ~ q(z|x) drawn fresh each step), genlab's loss, label dropout and EMA. The frozen
+                   VAE's own training time is not in the budget; the JSON reports it (vae_train_seconds).
   genlab-pixel     the same on 16x16 pixels (`pixel` section).
   diffusers-pixel  diffusers' `train_unconditional` recipe, made class-conditional: UNet2DModel (DownBlock2D,
                    attention at the lowest resolution, layers_per_block 2), num_class_embeds = classes + 1 (the
                    last is the null label, dropped in with the same p_uncond), DDPMScheduler (1000 steps, linear),
                    AdamW (lr 1e-4, betas (0.95, 0.999), weight decay 1e-6), grad-norm clip 1, EMAModel (warm-up,
-                   inv_gamma 1, power 3/4, max decay 0.9999), batch 128 (genlab's). The recipe's cosine schedule
-                   with 500 warm-up steps is left out: on a CPU the whole budget is a few hundred steps, so the
-                   learning rate is the constant 1e-4.
+                   inv_gamma 1, power 3/4, max decay 0.9999), genlab's batch size (`pixel.batch_size`, 128). The
+                   recipe's cosine schedule with 500 warm-up steps is left out: on a CPU the whole budget is a few
+                   hundred steps, so the learning rate is the constant 1e-4.
 Sampling: genlab arms save their EMA weights as a snapshot (the keys `train_diffusion` writes) and sample through
 `genlab.sampling.DiffusionSampler`, exactly as the `sample` stage does (its sampler, eta and guidance scale from
 params.yaml; `--steps` DDIM steps). The diffusers arm samples its EMA weights with DDIMScheduler (from the
@@ -172,9 +173,10 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
     cond = Conditioner(cfg, bench.num_classes, device)
     batch = min(cfg.batch_size, len(train))
-    steps_done = [0]
+    images_seen = 0
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
+        nonlocal images_seen
         unet.train()
         x0 = x0_batch(idx, g).to(device)
         model = cond.model(unet, train.labels[idx], g, cfg.p_uncond)
@@ -183,14 +185,14 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
-        ema_update(ema, unet, ema_decay(steps_done[0] * batch, batch, cfg.ema_halflife_images))
-        steps_done[0] += 1
+        ema_update(ema, unet, ema_decay(images_seen, batch, cfg.ema_halflife_images))  # as `train` counts them
+        images_seen += batch
         return loss.item()
 
     budget = train_for(f"genlab-{space}", step, bench, batch)
     snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
-                    "source": "digits", **extra}
+                    "source": "digits", **extra}  # main() refuses any other data source
     with tempfile.TemporaryDirectory() as tmp:
         save_snapshot(ema, Path(tmp) / "model.safetensors", snapshot_cfg)
         sampler = DiffusionSampler(Path(tmp), vae_dir, device)
@@ -255,7 +257,7 @@ def diffusers_arm(bench: Bench, channels: tuple[int, ...], layers: int) -> Train
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     null = bench.num_classes
-    batch = min(128, len(train))
+    batch = min(pixel.batch_size, len(train))  # 128: genlab's
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
         model.train()
@@ -347,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="UNet2DModel block_out_channels; the last level gets attention")
     p.add_argument("--diffusers-layers", type=int, default=2, help="UNet2DModel layers_per_block")
     args = p.parse_args(argv)
+    if args.seconds <= 0 or args.steps < 1 or args.n_per_class < 1:
+        p.error("--seconds must be > 0, --steps and --n-per-class >= 1")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(args.arms) - set(ARMS))
     if unknown:

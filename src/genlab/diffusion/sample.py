@@ -59,6 +59,12 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     return [round(T - i * T / steps) - 1 for i in range(steps)]
 
 
+def pairs(ab: torch.Tensor, timesteps: list[int]) -> list[tuple[int, int, torch.Tensor, torch.Tensor]]:
+    """(t, t_prev, ab_t, ab_prev) for each listed step; after the last step t_prev = -1 and ab_prev = 1."""
+    prevs = [*timesteps[1:], -1]
+    return [(t, p, ab[t], ab[p] if p >= 0 else ab.new_tensor(1.0)) for t, p in zip(timesteps, prevs, strict=True)]
+
+
 @torch.no_grad()
 def ddim_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: list[int],
                 eta: float = 0.0, step_noise: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
@@ -71,10 +77,7 @@ def ddim_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor,
     """
     ab = alpha_bar.to(noise.device, torch.float64)
     x = noise
-    for i, t in enumerate(timesteps):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        ab_t = ab[t]
-        ab_prev = ab[t_prev] if t_prev >= 0 else ab.new_tensor(1.0)
+    for i, (t, t_prev, ab_t, ab_prev) in enumerate(pairs(ab, timesteps)):
         eps = denoise(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).double()
         x0 = (x.double() - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
         sigma = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).sqrt()
@@ -99,10 +102,7 @@ def ddpm_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor,
     """
     ab = alpha_bar.to(noise.device, torch.float64)
     x = noise
-    for i, t in enumerate(timesteps):
-        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-        ab_t = ab[t]
-        ab_prev = ab[t_prev] if t_prev >= 0 else ab.new_tensor(1.0)
+    for i, (t, t_prev, ab_t, ab_prev) in enumerate(pairs(ab, timesteps)):
         eps = denoise(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)).double()
         x0 = to_x0("eps", eps, x.double(), ab_t)  # eq. 15: (B, ...)
         if clip_x0 is not None:
