@@ -6,7 +6,7 @@ most half the FID/floor ratio of a diffusers UNet2DModel trained by diffusers' s
 
 Arms, trained one after another in this process, each for `--seconds` of wall-clock (the clock is read after
 every optimizer step, so an arm overshoots by at most one step), with the same seed, the same batches of
-genlab's prepared train split and torch threads fixed at 2:
+genlab's prepared train split and torch threads fixed (`--threads`, 2):
   genlab-latent    genlab's LDM as params.yaml's `ldm` section configures it: genlab's U-Net on the VAE's scaled
                    latents (z ~ q(z|x) drawn fresh each step), genlab's loss, label dropout and EMA. The frozen
                    VAE's own training time is not in the budget; the JSON reports it (vae_train_seconds).
@@ -40,6 +40,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,7 +71,6 @@ from genlab.stages.train_vae import encode
 
 ARMS = ("genlab-latent", "genlab-pixel", "diffusers-pixel")
 BAR = 0.5  # the claim: best genlab FID/floor <= BAR * diffusers FID/floor
-THREADS = 2
 log = logging.getLogger("bench")
 
 StepFn = Callable[[torch.Tensor, torch.Generator], float]  # (batch indices, step generator) -> loss
@@ -89,6 +89,7 @@ class Bench:
     device: torch.device
     seconds: float
     steps: int
+    threads: int
     labels: torch.Tensor  # (N,) class-balanced: n_per_class of each class
     seeds: list[int]  # (N,) per-image seeds, the same for every arm
 
@@ -106,6 +107,8 @@ class Budget:
     final_loss: float  # mean of the last 10 steps
     median_step_seconds: float  # robust to a slow first step and to other load on the machine
     first_step_seconds: float
+    max_step_seconds: float
+    load_average: float  # 1-minute load average when the arm started (this bench's own threads included)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,11 @@ def train_for(arm: str, step: StepFn, bench: Bench, batch_size: int) -> Budget:
     """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
     of wall-clock have passed, checked after each optimizer step."""
     seed, n = bench.params.seed, len(bench.train)
+    load = os.getloadavg()[0]
+    if load > bench.threads + 0.5:  # the bench alone keeps it near its thread count
+        log.warning("%s: load average %.1f with %d bench threads: other processes use the CPU, so the images "
+                    "seen (and every ratio) will not match an idle run; on a shared machine try --threads 1",
+                    arm, load, bench.threads)
     losses: list[float] = []
     times: list[float] = []
     start = last_log = time.perf_counter()
@@ -135,7 +143,7 @@ def train_for(arm: str, step: StepFn, bench: Bench, batch_size: int) -> Budget:
     tail = losses[-10:]
     b = Budget(images_seen=len(losses) * batch_size, train_seconds=time.perf_counter() - start,
                final_loss=sum(tail) / len(tail), median_step_seconds=sorted(times)[len(times) // 2],
-               first_step_seconds=times[0])
+               first_step_seconds=times[0], max_step_seconds=max(times), load_average=load)
     log.info("%s: trained on %d images in %.1f s (%.0f img/s; median step %.3f s), loss %.4f", arm, b.images_seen,
              b.train_seconds, b.images_seen / b.train_seconds, b.median_step_seconds, b.final_loss)
     return b
@@ -345,12 +353,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("bench/diffusers_vs_genlab.json"), help="JSON results")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of {','.join(ARMS)}")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the whole run")
     p.add_argument("--diffusers-channels", type=lambda s: [int(c) for c in s.split(",")], default=[64, 128, 128],
                    help="UNet2DModel block_out_channels; the last level gets attention")
     p.add_argument("--diffusers-layers", type=int, default=2, help="UNet2DModel layers_per_block")
     args = p.parse_args(argv)
-    if args.seconds <= 0 or args.steps < 1 or args.n_per_class < 1:
-        p.error("--seconds must be > 0, --steps and --n-per-class >= 1")
+    if args.seconds <= 0 or min(args.steps, args.n_per_class, args.threads) < 1:
+        p.error("--seconds must be > 0; --steps, --n-per-class and --threads >= 1")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = sorted(set(args.arms) - set(ARMS))
     if unknown:
@@ -361,7 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     paths = Paths(args.project.resolve())
     params = load_params(paths.root / "params.yaml")
     manifest = splits.read_manifest(paths.prepared)
@@ -371,10 +380,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     labels = torch.arange(k).repeat_interleave(args.n_per_class)
-    bench = Bench(paths, params, splits.read(paths.prepared, "train"), splits.read(paths.prepared, "test"), k,
-                  device, args.seconds, args.steps, labels, image_seeds(params.sample.seed, "bench", len(labels)))
+    bench = Bench(paths=paths, params=params, train=splits.read(paths.prepared, "train"),
+                  test=splits.read(paths.prepared, "test"), num_classes=k, device=device, seconds=args.seconds,
+                  steps=args.steps, threads=args.threads, labels=labels,
+                  seeds=image_seeds(params.sample.seed, "bench", len(labels)))
     log.info("budget %.0f s per arm, %d DDIM steps, %d samples per arm, arms %s, device %s, %d threads",
-             args.seconds, args.steps, len(labels), args.arms, device, THREADS)
+             args.seconds, args.steps, len(labels), args.arms, device, args.threads)
 
     floor = score(bench, bench.test.images, bench.test.labels)
     floor["fid_ratio"] = 1.0
@@ -393,7 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"\n(best genlab FID/floor: {summary['best_genlab_arm']}) / (diffusers FID/floor) = "
               f"{summary['ratio_of_ratios']:.3f}: {verdict} the bar (<= {BAR})")
     out = {"project": str(paths.root), "seconds_per_arm": args.seconds, "steps": args.steps,
-           "n_per_class": args.n_per_class, "threads": THREADS, "device": str(device), "seed": params.seed,
+           "n_per_class": args.n_per_class, "threads": args.threads, "device": str(device), "seed": params.seed,
            "sample_seed": params.sample.seed, "floor": floor, "arms": results, **summary}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
