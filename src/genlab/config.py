@@ -53,7 +53,7 @@ class EvaluatorConfig(TrainConfig):
 
 
 class VAEConfig(TrainConfig):
-    train_images: int = Field(150000, ge=1)
+    train_images: int = Field(100000, ge=1)
     base_channels: int = Field(32, ge=4, le=512)
     latent_channels: int = Field(4, ge=1, le=64)
     downsample: int = Field(1, ge=0, le=4)  # number of 2x downsamplings: latent is size / 2**downsample
@@ -85,7 +85,7 @@ class DiffusionConfig(TrainConfig):
     p_uncond: float = Field(0.1, ge=0, lt=1)  # probability a condition is replaced by the null condition
     ema_halflife_images: int = Field(20000, ge=1)  # EMA half-life in images, ramped up as 0.1 * images seen
     nll_timesteps: int = Field(20, ge=1)  # Monte-Carlo steps per sample for the bits/dim bound on the test split
-    fid_every_images: int = Field(0, ge=0)  # cheap FID during training at this interval (0: off)
+    fid_every_images: int = Field(40000, ge=0)  # cheap FID during training at this interval (0: off)
     fid_samples: int = Field(200, ge=10)  # samples per cheap FID (20 DDIM steps, guidance 1)
     # sampling (read by `sample`, `guidance_sweep` and `evaluate`, not by training)
     sampler: Literal["ddim", "ddpm"] = "ddim"
@@ -114,18 +114,19 @@ class LDMConfig(DiffusionConfig):
 class PixelConfig(DiffusionConfig):
     """Pixel-space diffusion with the same U-Net code, for the latent-vs-pixel comparison."""
 
-    train_images: int = Field(60000, ge=1)
+    train_images: int = Field(40000, ge=1)
     base_channels: int = Field(32, ge=8, le=1024)
+    fid_every_images: int = Field(20000, ge=0)
 
 
 class GANConfig(TrainConfig):
-    train_images: int = Field(150000, ge=1)
+    train_images: int = Field(100000, ge=1)
     lr: float = Field(2e-4, gt=0, le=1.0)
     z_dim: int = Field(64, ge=1, le=1024)
     base_channels: int = Field(32, ge=4, le=1024)
     ema_halflife_images: int = Field(10000, ge=1)  # EMA half-life of the generator, in images
     r1_gamma: float = Field(0.0, ge=0)  # R1 penalty weight (Mescheder et al. 2018) on real images; 0: off
-    fid_every_images: int = Field(0, ge=0)  # cheap FID during training at this interval (0: off)
+    fid_every_images: int = Field(30000, ge=0)  # cheap FID during training at this interval (0: off)
     fid_samples: int = Field(200, ge=10)
 
 
@@ -133,7 +134,7 @@ class SampleConfig(Section):
     n_per_class: int = Field(36, ge=1)  # conditional models: n_per_class images of each class
     seed: int = Field(1234, ge=0)  # image i of family f has its own seed derived from (seed, f, i)
     batch_size: int = Field(256, ge=1)
-    guidance_sweep: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)  # LDM scales scored by `guidance_sweep`
+    guidance_sweep: tuple[float, ...] = (0.0, 1.0, 1.5, 2.0, 3.0)  # LDM scales scored by `guidance_sweep`
 
     @model_validator(mode="after")
     def _sweep(self) -> SampleConfig:
