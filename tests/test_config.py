@@ -37,7 +37,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (m.train_images, m.batch_size, m.lr, m.base_channels) == (240000, 128, 5e-4, 48)
     assert (m.channel_mults, m.num_res_blocks, m.attention_levels) == ((1, 2, 2), 1, (2,))
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
-    assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 2.0)
+    assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.5)
     g = p.gan
     assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (100000, 2e-4, 64, 32, 10000)
     assert (p.sample.n_per_class, p.sample.seed, p.sample.batch_size) == (36, 1234, 256)
