@@ -31,7 +31,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (ev.train_images, ev.batch_size, ev.lr, ev.width) == (40000, 64, 1e-3, 32)
     assert (ev.log_every_images, ev.checkpoint_every_images) == (2048, 20000)
     v = p.vae
-    assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (100000, 32, 4, 1)
+    assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (80000, 32, 4, 1)
     assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.1, True)
     m = p.ldm
     assert (m.train_images, m.batch_size, m.lr, m.base_channels) == (240000, 128, 5e-4, 48)
@@ -39,7 +39,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
     assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.5)
     g = p.gan
-    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (100000, 2e-4, 64, 32, 10000)
+    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (80000, 2e-4, 64, 32, 10000)
     assert (p.sample.n_per_class, p.sample.seed, p.sample.batch_size) == (36, 1234, 256)
     e = p.evaluate
     assert (e.kid_subset_size, e.pr_neighbourhood, e.batch_size) == (100, 3, 256)

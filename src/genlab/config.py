@@ -53,7 +53,7 @@ class EvaluatorConfig(TrainConfig):
 
 
 class VAEConfig(TrainConfig):
-    train_images: int = Field(100000, ge=1)
+    train_images: int = Field(80000, ge=1)
     base_channels: int = Field(32, ge=4, le=512)
     latent_channels: int = Field(4, ge=1, le=64)
     downsample: int = Field(1, ge=0, le=4)  # number of 2x downsamplings: latent is size / 2**downsample
@@ -61,7 +61,7 @@ class VAEConfig(TrainConfig):
     kl_warmup_images: int = Field(20000, ge=0)  # beta ramps linearly from 0 over this many images
     recon_sigma: float = Field(0.1, gt=0)  # std of the Gaussian decoder: recon = ||x - x_hat||^2 / (2 sigma^2)
     ae_baseline: bool = True  # also train a plain autoencoder (no KL, no sampling) to show what the KL buys
-    ae_train_images: int = Field(50000, ge=1)
+    ae_train_images: int = Field(30000, ge=1)
     traversal_directions: int = Field(6, ge=1, le=32)  # principal latent directions shown as "knobs"
     interpolation_steps: int = Field(10, ge=2, le=64)
 
@@ -116,13 +116,13 @@ class LDMConfig(DiffusionConfig):
 class PixelConfig(DiffusionConfig):
     """Pixel-space diffusion with the same U-Net code, for the latent-vs-pixel comparison."""
 
-    train_images: int = Field(40000, ge=1)
+    train_images: int = Field(30000, ge=1)
     base_channels: int = Field(32, ge=8, le=1024)
-    fid_every_images: int = Field(20000, ge=0)
+    fid_every_images: int = Field(15000, ge=0)
 
 
 class GANConfig(TrainConfig):
-    train_images: int = Field(100000, ge=1)
+    train_images: int = Field(80000, ge=1)
     lr: float = Field(2e-4, gt=0, le=1.0)
     z_dim: int = Field(64, ge=1, le=1024)
     base_channels: int = Field(32, ge=4, le=1024)
