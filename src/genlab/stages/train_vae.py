@@ -100,10 +100,10 @@ def scored(images: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> d
     return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"]}
 
 
-def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_mean: torch.Tensor, out: Path) -> dict:
-    """Interpolations (linear, spherical), traversals, class arithmetic; returns arithmetic accuracy inputs."""
+def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_mean: torch.Tensor,
+                    t_mean: torch.Tensor, out: Path) -> dict:
+    """Interpolations, traversals and class arithmetic from the test posterior means; returns arithmetic inputs."""
     dev, n = ctx.device, cfg.interpolation_steps
-    t_mean, _ = encode(vae, data.test.images, dev)
     pairs = [(i, i + 1) for i in range(0, 16, 2)]
     for name, path in (("interpolation_linear", lt.lerp), ("interpolation_spherical", lt.slerp)):
         strips = torch.cat([path(t_mean[a], t_mean[b], n) for a, b in pairs])
@@ -140,8 +140,8 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
         mean, logvar = encode(vae, data.train.images, ctx.device)
         scale = latent_scale(mean, logvar, ctx.seed)
         latent_shape = list(mean.shape[1:])
-        test_rec = decode(vae, encode(vae, data.test.images, ctx.device)[0], ctx.device)
         t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
+        test_rec = decode(vae, t_mean, ctx.device)
         prior = torch.randn((n_eval, *latent_shape), generator=generator(ctx.seed, "vae-prior"))
         vae_prior = decode(vae, prior, ctx.device)
         metrics: dict = {
@@ -161,7 +161,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             pairs = torch.stack([data.test.images[:50], test_rec[:50]], 1).flatten(0, 1)
             save_grid(pairs, out / "reconstructions.png", nrow=10)
             save_grid(vae_prior[:64], out / "prior_samples.png", nrow=8)
-            arith = latent_pictures(vae, cfg, ctx, data, mean, out)
+            arith = latent_pictures(vae, cfg, ctx, data, mean, t_mean, out)
             first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
             metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
             if cfg.ae_baseline:
