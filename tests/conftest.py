@@ -35,7 +35,7 @@ TINY_PARAMS = {
               "sampler": "ddpm"},
     "gan": {"train_images": 2000, "batch_size": 64, "base_channels": 8, "log_every_images": 512, "r1_gamma": 1.0,
             "fid_every_images": 1000, "fid_samples": 20},
-    "sample": {"n_per_class": 4, "seed": 7, "guidance_sweep": [1.0, 3.0]},
+    "sample": {"n_per_class": 4, "seed": 7, "guidance_sweep": [1.0, 2.0, 3.0]},
     "evaluate": {"kid_subset_size": 20},
 }
 

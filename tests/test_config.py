@@ -32,14 +32,15 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (ev.log_every_images, ev.checkpoint_every_images) == (2048, 20000)
     v = p.vae
     assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (80000, 32, 4, 1)
-    assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.1, True)
+    assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.05, True)
     m = p.ldm
-    assert (m.train_images, m.batch_size, m.lr, m.base_channels) == (240000, 128, 5e-4, 48)
+    assert (m.train_images, m.batch_size, m.lr, m.lr_schedule, m.base_channels) == (240000, 64, 5e-4, "constant", 48)
+    assert (m.conditioning, m.cross_attention_levels, p.pixel.conditioning) == ("class+text", (), "class")
     assert (m.channel_mults, m.num_res_blocks, m.attention_levels) == ((1, 2, 2), 1, (2,))
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
-    assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.5)
+    assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.25)
     g = p.gan
-    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (80000, 2e-4, 64, 32, 10000)
+    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (50000, 2e-4, 64, 32, 10000)
     assert (p.sample.n_per_class, p.sample.seed, p.sample.batch_size) == (36, 1234, 256)
     e = p.evaluate
     assert (e.kid_subset_size, e.pr_neighbourhood, e.batch_size) == (100, 3, 256)

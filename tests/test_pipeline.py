@@ -68,7 +68,12 @@ def test_evaluate_metrics_are_sane(repro: tuple[Path, dict[str, str], str]) -> N
         assert 0 <= m[fam]["precision"] <= 1 and 0 <= m[fam]["recall"] <= 1
     assert 0 <= m["ldm"]["class_accuracy"] <= 1 and "class_accuracy" not in m["vae"]
     table = pd.read_csv(root / "reports" / "comparison.csv")
-    assert list(table["family"]) == ["data floor (test vs train)", *FAMILIES]
+    assert list(table["family"]) == ["data floor (test vs train)", *FAMILIES, "ldm_prompts (held-out phrasings)"]
+    # the class+text LDM prompted with held-out phrasings at the default scale: the sweep's row at w = 2
+    sweep = {r["guidance_scale"]: r for r in json.loads((root / "metrics" / "guidance_sweep.json").read_text())["rows"]}
+    prompts = m["ldm_prompts"]
+    assert prompts["fid"] == sweep[2.0]["prompt_fid"] and prompts["class_accuracy"] == sweep[2.0]["prompt_accuracy"]
+    assert prompts["fid_ratio"] == pytest.approx(prompts["fid"] / floor) and prompts["n"] == 40
     assert table.loc[table.family == "ldm", "fid"].item() == pytest.approx(m["ldm"]["fid"])
     acc = json.loads((root / "metrics" / "train_evaluator.json").read_text())["test_accuracy"]
     assert acc > 0.8
@@ -108,6 +113,10 @@ def test_champion_ldm_loads_and_reproduces_samples(repro: tuple[Path, dict[str, 
     np.testing.assert_allclose(out, s["images"][pick].numpy(), atol=1e-4)
     other = model.predict(inp, params={"guidance_scale": 0.0})
     assert not np.allclose(other, out, atol=1e-3)
+    # class+text: a prompt column switches to the text path (held-out wording), same seeds, other images
+    prompts = ["a scanned 3", "an image of the numeral seven", "nine, written by hand"]
+    by_prompt = model.predict(inp.assign(prompt=prompts))
+    assert by_prompt.shape == out.shape and not np.allclose(by_prompt, out, atol=1e-3)
 
 
 def test_second_repro_does_nothing(repro: tuple[Path, dict[str, str], str]) -> None:
@@ -157,9 +166,11 @@ def test_generative_depth_outputs(repro: tuple[Path, dict[str, str], str]) -> No
         bpd = json.loads((root / "metrics" / f"{stage}.json").read_text())["test_bits_per_dim"]
         assert np.isfinite(bpd)
     sweep = json.loads((root / "metrics" / "guidance_sweep.json").read_text())
-    assert [r["guidance_scale"] for r in sweep["rows"]] == [1.0, 3.0]
+    assert [r["guidance_scale"] for r in sweep["rows"]] == [1.0, 2.0, 3.0]
+    for r in sweep["rows"]:  # class+text: scored through the labels and through held-out phrasings
+        assert 0 <= r["class_accuracy"] <= 1 and 0 <= r["prompt_accuracy"] <= 1 and r["prompt_fid"] > 0
     assert (root / "reports" / "guidance" / "fid_vs_accuracy.png").is_file()
-    assert list(pd.read_csv(root / "plots" / "guidance_sweep.csv")["guidance_scale"]) == [1.0, 3.0]
+    assert list(pd.read_csv(root / "plots" / "guidance_sweep.csv")["guidance_scale"]) == [1.0, 2.0, 3.0]
     page = (root / "reports" / "report.html").read_text()
     assert "data:image/png;base64" in page and "not Inception" in page and "pixel" in page
     snap = json.loads((root / "models" / "pixel" / "config.json").read_text())

@@ -149,6 +149,7 @@ def test_guided_batches_cond_and_null() -> None:
     # u + 2 (c - u) = 10 + 2 (y - 10)
     assert torch.allclose(out, (10 + 2 * (y - 10)).view(-1, 1).float().expand(2, 3))
     assert torch.equal(guided(model, y, 10, 1.0)(x, t), y.view(-1, 1).float().expand(2, 3))
+    assert torch.equal(guided(model, y, 10, 0.0)(x, t), torch.full((2, 3), 10.0))  # w = 0: the null label only
 
 
 # ---------------------------------------------------------------------------------------------- DDIM

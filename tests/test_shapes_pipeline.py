@@ -67,3 +67,26 @@ def test_text_conditioned_models_and_attribute_metrics(shapes_run: Path) -> None
     assert m["floor"]["accuracy_colour"] > 0.9
     ev = json.loads((shapes_run / "metrics" / "train_evaluator.json").read_text())
     assert ev["test_accuracy_colour"] > 0.9
+
+
+def test_registered_text_ldm_takes_an_optional_prompt_column(shapes_run: Path) -> None:
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from genlab.data import sources
+
+    mlflow.set_tracking_uri(f"sqlite:///{shapes_run / 'mlflow.db'}")
+    version = max(int(v.version) for v in mlflow.MlflowClient().search_model_versions("name='genlab-ldm'"))
+    model = mlflow.pyfunc.load_model(f"models:/genlab-ldm/{version}")
+    s = load_file(str(shapes_run / "samples" / "ldm.safetensors"))
+    pick = [0, 57, 143]
+    inp = pd.DataFrame({"label": s["labels"][pick].numpy(), "seed": s["seeds"][pick].numpy()})
+    # no prompt: the held-out phrasing chosen by each image's seed, so the sample stage's images come back
+    np.testing.assert_allclose(model.predict(inp), s["images"][pick].numpy(), atol=1e-4)
+    chosen = [sources.heldout_prompts("shapes", int(y))[int(sd) % len(sources.heldout_prompts("shapes", int(y)))]
+              for y, sd in zip(inp["label"], inp["seed"], strict=True)]
+    np.testing.assert_allclose(model.predict(inp.assign(prompt=chosen)), s["images"][pick].numpy(), atol=1e-4)
+    # another prompt for the same (label, seed) is another image
+    other = model.predict(inp.assign(prompt=["a big blue circle at the top left"] * 3))
+    assert not np.allclose(other, s["images"][pick].numpy(), atol=1e-2)

@@ -24,8 +24,9 @@ from genlab.data.prompts import (
     train_prompt,
     train_prompts,
 )
-from genlab.models.text import CONTEXT_DIM, TextEncoder, is_null, model_dir, pooled
+from genlab.models.text import CONTEXT_DIM, TextEncoder, is_null, model_dir, pooled, trim
 from genlab.models.unet import UNet
+from genlab.sampling import guided_text
 
 # UNet(4, 48, (1, 2, 2), 1, (2,), num_classes=10), measured before cross-attention was added.
 CLASS_UNET_PARAMS = 2_512_516
@@ -252,7 +253,7 @@ def test_class_unet_unchanged_without_context() -> None:
 
 
 def test_text_unet_learns_two_prompts(enc: TextEncoder) -> None:
-    """30 Adam steps: from noise, predict +1 for "the digit one" and -1 for "the digit zero"."""
+    """60 Adam steps: from noise, predict +1 for "the digit one" and -1 for "the digit zero"."""
     torch.manual_seed(0)
     unet = UNet(4, 8, (1, 2), 1, (), num_classes=0, context_dim=CONTEXT_DIM, cross_attention_levels=(1,))
     ctx, mask = enc.encode(["the digit one", "the digit zero"])
@@ -260,7 +261,7 @@ def test_text_unet_learns_two_prompts(enc: TextEncoder) -> None:
     opt = torch.optim.Adam(unet.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(30):
+    for _ in range(60):
         idx = torch.randint(2, (4,), generator=g)
         x = torch.randn(4, 4, 4, 4, generator=g)
         loss = F.mse_loss(unet(x, torch.full((4,), 500), context=ctx[idx], context_mask=mask[idx]), target[idx])
@@ -272,3 +273,77 @@ def test_text_unet_learns_two_prompts(enc: TextEncoder) -> None:
     with torch.no_grad():
         out = unet(torch.randn(2, 4, 4, 4, generator=g), torch.full((2,), 500), context=ctx, context_mask=mask)
     assert out[0].mean() > 0.3 and out[1].mean() < -0.3
+
+
+@torch.no_grad()
+def test_trim_drops_only_all_padding_columns_and_keeps_the_output() -> None:
+    unet = _text_unet()
+    x, t, ctx, mask = _inputs()
+    mask[1, 5:7] = True  # the longest prompt has 7 tokens
+    tokens, short = trim(ctx, mask)
+    assert tokens.shape == (2, 7, CONTEXT_DIM) and short.shape == (2, 7)
+    assert torch.equal(short, mask[:, :7]) and torch.equal(tokens, ctx[:, :7])
+    assert torch.allclose(unet(x, t, context=tokens, context_mask=short), unet(x, t, context=ctx, context_mask=mask),
+                          atol=1e-5)
+    assert trim(ctx, torch.zeros_like(mask))[0].shape == (2, 1, CONTEXT_DIM)  # all null: one column remains
+
+
+@torch.no_grad()
+def test_pooled_prompt_vector_conditions_the_time_embedding() -> None:
+    """With no cross-attention anywhere reachable, the pooled sentence vector alone must still condition."""
+    unet = _text_unet()
+    x, t, ctx, mask = _inputs()
+    xattns = [unet.mid_xattn, *(xa for level in [*unet.down, *unet.up] if level.xattns for xa in level.xattns)]
+    for xa in xattns:
+        xa.forward = lambda h, *_: h  # cut every cross-attention path
+    out = unet(x, t, context=ctx, context_mask=mask)
+    other = ctx.clone()
+    other[:, 2] += 1.0  # a real token changes, so the pooled vector changes
+    assert not torch.allclose(out, unet(x, t, context=other, context_mask=mask), atol=1e-4)
+    unet.pooled_emb.weight.zero_()
+    unet.pooled_emb.bias.zero_()
+    assert torch.allclose(unet(x, t, context=ctx, context_mask=mask), unet(x, t, context=other, context_mask=mask))
+
+
+@torch.no_grad()
+def test_guided_text_mixes_prompt_and_null_predictions() -> None:
+    """eps_u + w (eps_c - eps_u) with eps_u from the learned null token; w = 0 and w = 1 are single passes."""
+    unet = _text_unet()
+    x, t, ctx, mask = _inputs()
+    eps_c, eps_u = unet(x, t, context=ctx, context_mask=mask), unet(x, t)
+    assert torch.allclose(guided_text(unet, ctx, mask, 2.5)(x, t), eps_u + 2.5 * (eps_c - eps_u), atol=1e-5)
+    assert torch.allclose(guided_text(unet, ctx, mask, 0.0)(x, t), eps_u, atol=1e-6)
+    assert torch.allclose(guided_text(unet, ctx, mask, 1.0)(x, t), eps_c, atol=1e-6)
+
+
+def test_class_and_text_conditioner_gives_each_image_one_condition() -> None:
+    """class+text training: each image gets its label (prompt null) or a prompt (label null), about half and
+    half; a dropped image gets neither; without a generator (cheap sampling) the labels guide."""
+    from genlab.config import LDMConfig
+    from genlab.stages.diffusion_training import P_TEXT, Conditioner
+
+    cfg = LDMConfig(conditioning="class+text")
+    cond = Conditioner(cfg, 10, torch.device("cpu"))
+    calls = []
+
+    def unet(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kw: torch.Tensor) -> torch.Tensor:
+        calls.append((y, kw))
+        return x
+
+    y = torch.arange(10).repeat(40)
+    cond.model(unet, y, torch.Generator().manual_seed(0), 0.1)(torch.zeros(400), None, None)
+    labels, kw = calls[-1]
+    text, by_label = kw["drop"] == 0, labels != 10
+    assert not (text & by_label).any()  # never both conditions
+    assert torch.equal(labels[by_label], y[by_label])
+    dropped = ~text & ~by_label
+    assert 0.05 < dropped.float().mean() < 0.15  # p_uncond
+    assert abs(text.float().mean() - (1 - 0.1) * P_TEXT) < 0.08
+    # the prompt rows of text-conditioned images are phrasings of their own label
+    rows = [i for i in range(400) if text[i]]
+    for i in rows[:20]:
+        row = kw["context"][i]
+        j = next(r for r in range(len(cond.tokens)) if torch.equal(cond.tokens[r], row))
+        assert j // len(cond.table[0]) == int(y[i])
+    cond.model(unet, y[:4], None, 0.0)(torch.zeros(4), None, None)
+    assert torch.equal(calls[-1][0], y[:4]) and calls[-1][1] == {}

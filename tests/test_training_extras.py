@@ -11,6 +11,7 @@ import torch
 from genlab.config import GANConfig
 from genlab.models.gan import r1_penalty
 from genlab.stages.common import CheapFID
+from genlab.training import learning_rate
 
 
 def test_r1_of_a_linear_critic_is_its_squared_weight_norm() -> None:
@@ -44,3 +45,16 @@ def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pyte
     # stateless: a resumed run asking at 6144 gets the same answer as the uninterrupted one
     assert CheapFID(ctx, data, cfg, every_images=2000, n=10, sample=sample)(6144) == {"cheap_fid": 10.0}
     assert CheapFID(ctx, data, cfg, every_images=0, n=10, sample=sample)(6144) == {}
+
+
+def test_cosine_learning_rate_reference_values() -> None:
+    """SGDR eq. 5 with eta_min = 0: lr, lr/2 at the midpoint, lr (1 + cos(pi/4)) / 2 at a quarter, 0 at the end."""
+    assert learning_rate(2e-3, "cosine", 0, 100) == 2e-3
+    assert learning_rate(2e-3, "cosine", 50, 100) == pytest.approx(1e-3, abs=1e-15)
+    assert learning_rate(2e-3, "cosine", 25, 100) == pytest.approx(1e-3 * (1 + 2 ** -0.5))
+    assert learning_rate(2e-3, "cosine", 100, 100) == pytest.approx(0.0, abs=1e-18)
+    assert learning_rate(2e-3, "cosine", 150, 100) == pytest.approx(0.0, abs=1e-18)  # clamped past the end
+    assert learning_rate(2e-3, "constant", 77, 100) == 2e-3
+    with pytest.raises(ValueError, match="lr_schedule"):
+        learning_rate(1e-3, "step", 0, 10)
+

@@ -53,11 +53,19 @@ def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def save_tradeoff(table: pd.DataFrame, path: Path) -> None:
-    """FID against class accuracy, one point per guidance scale (columns guidance_scale, fid, class_accuracy)."""
+    """FID against accuracy, one point per guidance scale (columns guidance_scale, fid, class_accuracy), and a
+    second line for prompts when the table has prompt_fid and prompt_accuracy."""
     fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(table["class_accuracy"], table["fid"], "o-")
-    for _, r in table.iterrows():
-        ax.annotate(f"w={r.guidance_scale:g}", (r.class_accuracy, r.fid), textcoords="offset points", xytext=(4, 4))
+    series = [("class_accuracy", "fid", "labels")]
+    if "prompt_fid" in table:
+        series.append(("prompt_accuracy", "prompt_fid", "held-out prompts"))
+    for acc_key, fid_key, name in series:
+        acc, f = table[acc_key], table[fid_key]
+        ax.plot(acc, f, "o-", label=name)
+        for w, x, y in zip(table["guidance_scale"], acc, f, strict=True):
+            ax.annotate(f"w={w:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if len(series) > 1:
+        ax.legend()
     ax.set_xlabel("class accuracy (evaluator)")
     ax.set_ylabel("FID (evaluator features)")
     ax.set_title("LDM: guidance scale trade-off")

@@ -24,6 +24,7 @@ from genlab.diffusion.sample import (
 )
 from genlab.diffusion.schedules import alpha_bar
 from genlab.models.gan import Generator
+from genlab.models.text import trim
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE
 from genlab.randomness import derive_seed, generator
@@ -65,7 +66,10 @@ class VAESampler:
 
 class DiffusionSampler:
     """DDIM or DDPM from pure noise with classifier-free guidance; in latent space (decoded by the VAE)
-    or pixel space, for a class- or text-conditional U-Net predicting eps or v."""
+    or pixel space, for a class-, text- or class+text-conditional U-Net predicting eps or v.
+
+    A class+text model is guided by the labels unless prompts are given; a text model always by
+    prompts (held-out phrasings of the labels when none are given, see `prompts_for`)."""
 
     conditional = True
 
@@ -78,19 +82,23 @@ class DiffusionSampler:
         self.cfg, self.device = cfg, device
         self.alpha_bar = alpha_bar(cfg["timesteps"], cfg["schedule"])
         self.text = None
-        if cfg.get("conditioning", "class") == "text":
+        self.conditioning = cfg.get("conditioning", "class")
+        if "text" in self.conditioning:
             from genlab.models.text import TextEncoder
 
             self.text = TextEncoder(device=str(device))
 
+    def prompts_for(self, labels: torch.Tensor, seeds: list[int]) -> list[str]:
+        """Unseen phrasings by default: image i gets held-out template seeds[i] mod P of its label, so its
+        prompt, like its noise, depends on (label, seed) alone and not on its place in a batch."""
+        source = self.cfg.get("source", "digits")
+        return [cycle(heldout_prompts(source, int(y)), s) for y, s in zip(labels, seeds, strict=True)]
+
     def denoiser(self, labels: torch.Tensor, guidance_scale: float, prompts: list[str] | None) -> Denoiser:
-        if self.text is None:
+        if prompts is None:
             out = guided(self.unet, labels.to(self.device), self.cfg["network"]["num_classes"], guidance_scale)
         else:
-            # unseen phrasings by default: the held-out templates, cycled over the images of each label
-            source = self.cfg.get("source", "digits")
-            texts = prompts or [cycle(heldout_prompts(source, int(y)), i) for i, y in enumerate(labels)]
-            tokens, mask = self.text.encode(texts)
+            tokens, mask = trim(*self.text.encode(prompts))
             out = guided_text(self.unet, tokens.to(self.device), mask.to(self.device), guidance_scale)
         return as_eps_denoiser(out, self.cfg.get("prediction", "eps"), self.alpha_bar)
 
@@ -101,6 +109,10 @@ class DiffusionSampler:
         ts = ddim_timesteps(c["timesteps"], steps)
         shape = tuple(c["latent_shape"])
         noise = seeded_normal(seeds, shape, "latent").to(self.device)
+        if prompts is not None and self.text is None:
+            raise ValueError(f"prompts given to a {self.conditioning}-conditional model")
+        if prompts is None and self.conditioning == "text":
+            prompts = self.prompts_for(labels, seeds)
         denoise = self.denoiser(labels, guidance_scale, prompts)
 
         def step_noise(i: int) -> torch.Tensor:
@@ -121,9 +133,11 @@ def cycle(options: list[str], i: int) -> str:
 def guided_text(unet: UNet, tokens: torch.Tensor, mask: torch.Tensor, scale: float) -> Denoiser:
     """Classifier-free guidance for prompts: the unconditional half uses the learned null token."""
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if scale == 1.0:
+        if scale == 1.0:  # eq. 6 reduces to one model: no doubled batch
             return unet(x, t, context=tokens, context_mask=mask)
         b = x.shape[0]
+        if scale == 0.0:
+            return unet(x, t, context=tokens, context_mask=mask, drop=torch.ones(b, dtype=torch.bool, device=x.device))
         drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
         out = unet(torch.cat([x, x]), torch.cat([t, t]), context=torch.cat([tokens, tokens]),
                    context_mask=torch.cat([mask, mask]), drop=drop)
@@ -163,8 +177,10 @@ def load_sampler(family: str, dirs: dict[str, Path], device: torch.device) -> Sa
 
 
 def generate(model: Sampler, labels: torch.Tensor, seeds: list[int], batch_size: int,
-             **kwargs: object) -> torch.Tensor:
-    """Sample in batches; the result does not depend on batch_size (per-image seeds)."""
-    out = [model(labels[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
+             prompts: list[str] | None = None, **kwargs: object) -> torch.Tensor:
+    """Sample in batches; the result does not depend on batch_size (per-image seeds and prompts)."""
+    def batch(i: int) -> dict:
+        return {**kwargs, "prompts": prompts[i : i + batch_size]} if prompts is not None else kwargs
+    out = [model(labels[i : i + batch_size], seeds[i : i + batch_size], **batch(i))
            for i in range(0, len(seeds), batch_size)]
     return torch.cat(out)

@@ -1,7 +1,10 @@
 """MLflow pyfunc model, logged "from code": MLflow stores this file, not a pickle.
 
 At load time the network is rebuilt from the safetensors snapshot(s) logged as artifacts.
-Input: a DataFrame with integer columns `label` and `seed`; params `guidance_scale`, `sample_steps`.
+Input: a DataFrame with integer columns `label` and `seed`, and for a text- or class+text-conditional
+diffusion model an optional string column `prompt` (without it, a text model gives each image a held-out
+phrasing of its label chosen by its seed, and a class+text model is guided by the label); params
+`guidance_scale`, `sample_steps`.
 Output: float32 images (N, C, S, S) in [-1, 1].
 """
 
@@ -36,6 +39,8 @@ class GenlabSampler(mlflow.pyfunc.PythonModel):
             kwargs["guidance_scale"] = float(params["guidance_scale"])
         if "sample_steps" in params:
             kwargs["steps"] = int(params["sample_steps"])
+        if "prompt" in model_input.columns:  # the sampler refuses prompts if its model takes none
+            kwargs["prompts"] = [str(p) for p in model_input["prompt"]]
         return self.sampler(labels, seeds, **kwargs).numpy().astype(np.float32)
 
 

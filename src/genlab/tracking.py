@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,9 @@ class StageRun:
         with warnings.catch_warnings():  # label and seed are integers on purpose: no missing values
             warnings.filterwarnings("ignore", message=".*integer column.*")
             signature = infer_signature(example, output, params=params)
+        # a `prompt` column (text-conditional models) may be left out: the model then picks held-out phrasings
+        signature.inputs = Schema([ColSpec(c.type, c.name, required=c.name != "prompt")
+                                   for c in signature.inputs.inputs])
         # one child run per model: each model's config is logged as that run's params
         with mlflow.start_run(run_name=f"register {registered_name}", nested=True,
                               tags={"genlab.stage": "register", "genlab.family": family}) as child:

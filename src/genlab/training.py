@@ -8,6 +8,7 @@ modules, optimizers, step and loss history (tensors and plain numbers) are enoug
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,3 +118,14 @@ def train(
             save_train_state(t.state_dict(fingerprint, batch), ckpt)
     bar.close()
     return t
+
+
+def learning_rate(base: float, schedule: str, step: int, total_steps: int) -> float:
+    """The learning rate of `step`: constant, or cosine annealing to zero (Loshchilov & Hutter 2017,
+    eq. 5 with eta_min = 0, one cycle): base * (1 + cos(pi * step / total_steps)) / 2."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    raise ValueError(f"unknown lr_schedule {schedule!r}: expected 'constant' or 'cosine'")
+

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from sklearn.datasets import load_digits
 from torch.nn import functional as F
 
 
@@ -13,6 +12,8 @@ def load(image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     Pixel values 0..16 are scaled to [-1, 1]; 8x8 is bilinearly resized to `image_size`
     (16 by default: two 2x downsamplings in the networks still leave a 4x4 map).
     """
+    from sklearn.datasets import load_digits  # imported here: only `prepare` loads the data (1 s)
+
     x, y = load_digits(return_X_y=True)
     images = torch.from_numpy(x).float().view(-1, 1, 8, 8) / 16.0 * 2.0 - 1.0
     if image_size != 8:

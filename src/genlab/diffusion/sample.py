@@ -28,8 +28,10 @@ def guided(model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Ten
            null_label: int, scale: float) -> Denoiser:
     """A denoiser eps(x_t, t) for labels y under guidance scale w, batched as one forward pass."""
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if scale == 1.0:
+        if scale == 1.0:  # eq. 6 reduces to one model: no doubled batch
             return model(x, t, y)
+        if scale == 0.0:
+            return model(x, t, torch.full_like(y, null_label))
         eps = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
         eps_c, eps_u = eps.chunk(2)
         return guide(eps_c, eps_u, scale)

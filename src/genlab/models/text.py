@@ -101,6 +101,15 @@ def is_null(prompts: list[str]) -> torch.Tensor:
     return torch.tensor([not p.strip() for p in prompts], dtype=torch.bool)
 
 
+def trim(tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop trailing positions that are padding in every row: (B, L, D), (B, L) -> (B, L', D), (B, L').
+
+    Masked keys get no attention weight, so the U-Net's output is unchanged; attention just costs less.
+    """
+    keep = int(mask.any(dim=0).nonzero().max()) + 1 if mask.any() else 1
+    return tokens[:, :keep], mask[:, :keep]
+
+
 def pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over real tokens, L2-normalised: (B, L, D), (B, L) -> (B, D); all-MiniLM-L6-v2's sentence vector."""
     m = mask[..., None].to(tokens.dtype)

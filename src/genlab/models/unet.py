@@ -4,8 +4,12 @@ Class conditioning (num_classes > 0): the class embedding is added to the time e
 `num_classes` is the learned null label used for classifier-free guidance (Ho & Salimans 2022).
 num_classes = 0 builds no class embedding.
 
-Text conditioning (context_dim set): blocks at `cross_attention_levels` and the middle block attend to
-context tokens (B, L, context_dim), e.g. `genlab.models.text.TextEncoder` token embeddings. The null
+Text conditioning (context_dim set), as in Imagen (Saharia et al. 2022, sec. 2.1 and app. F):
+  - blocks at `cross_attention_levels` and the middle block attend to the context tokens (B, L, context_dim),
+    e.g. `genlab.models.text.TextEncoder` token embeddings, projected once to the U-Net's deepest width;
+  - the pooled prompt vector (mean of the unmasked tokens, L2-normalised: the sentence embedding) is
+    projected and added to the time embedding, like a class embedding.
+The null
 condition is one learned token, `null_context` (1, 1, context_dim). It is always appended to the
 context as an extra key and is visible only to null samples, whose own tokens are all masked out:
   - `context=None` makes the whole batch null (the unconditional model);
@@ -21,6 +25,7 @@ import torch
 from torch import nn
 
 from genlab.models.layers import CrossAttention, ResBlock, SelfAttention, norm, timestep_embedding
+from genlab.models.text import pooled
 
 Context = tuple[torch.Tensor, torch.Tensor]  # tokens (B, L, D), mask (B, L) bool, True = attend
 
@@ -67,9 +72,13 @@ class UNet(nn.Module):
         self.label_emb = nn.Embedding(num_classes + 1, emb) if num_classes > 0 else None
         self.stem = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         chans = [base_channels * m for m in channel_mults]
+        if context_dim:
+            # tokens are projected once (not once per attention layer) to the deepest width
+            self.context_proj = nn.Sequential(nn.LayerNorm(context_dim), nn.Linear(context_dim, chans[-1]))
+            self.pooled_emb = nn.Linear(context_dim, emb)
 
         def ctx_dim(i: int) -> int | None:
-            return context_dim if i in cross_attention_levels else None
+            return chans[-1] if i in cross_attention_levels else None
 
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         skips, c = [base_channels], base_channels
@@ -82,7 +91,7 @@ class UNet(nn.Module):
             if not last:
                 skips.append(c)
         self.mid1, self.mid_attn, self.mid2 = ResBlock(c, c, emb), SelfAttention(c), ResBlock(c, c, emb)
-        self.mid_xattn = CrossAttention(c, context_dim) if context_dim else None
+        self.mid_xattn = CrossAttention(c, chans[-1]) if context_dim else None
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, c_out in reversed(list(enumerate(chans))):
             n = num_res_blocks + 1
@@ -131,7 +140,9 @@ class UNet(nn.Module):
         elif y is not None:
             raise ValueError("UNet: labels given to a model built with num_classes=0")
         if self.context_dim:
-            ctx = self.condition(x.shape[0], context, context_mask, drop)
+            tokens, mask = self.condition(x.shape[0], context, context_mask, drop)
+            emb = emb + self.pooled_emb(pooled(tokens, mask))  # null samples pool the null token alone
+            ctx = (self.context_proj(tokens), mask)
         elif context is not None or drop is not None:
             raise ValueError("UNet: context given to a model built without context_dim")
         else:

@@ -2,9 +2,11 @@
 
 Space "latent": x_0 = z * latent_scale with z ~ q(z|x) drawn fresh each step from the frozen VAE's
 posterior. Space "pixel": x_0 = the image. Conditioning "class": labels (null label = num_classes);
-"text": MiniLM token embeddings of prompts generated from the labels (learned null token). The
-condition is dropped with probability p_uncond for classifier-free guidance; the snapshot holds the
-EMA weights; the bits/dim bound of the EMA model is measured on the test split.
+"text": MiniLM token embeddings of prompts generated from the labels (learned null token);
+"class+text": each image is conditioned on its label or (probability P_TEXT) on a prompt, the other
+condition null, so one model takes either. The condition is dropped with probability p_uncond for
+classifier-free guidance; the snapshot holds the EMA weights; the bits/dim bound of the EMA model is
+measured on the test split.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ from genlab.stages.common import (
     stage_run,
 )
 from genlab.stages.train_vae import encode
-from genlab.training import Trainable, train
+from genlab.training import Trainable, learning_rate, train
+
+P_TEXT = 0.5  # class+text: the fraction of training images conditioned on a prompt rather than a label
 
 
 def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
-    text = cfg.conditioning == "text"
+    text = cfg.uses_text
     return {"in_channels": channels, "base_channels": cfg.base_channels, "channel_mults": list(cfg.channel_mults),
             "num_res_blocks": cfg.num_res_blocks, "attention_levels": list(cfg.attention_levels),
-            "num_classes": 0 if text else num_classes, "context_dim": 384 if text else None,
+            "num_classes": num_classes if cfg.uses_class else 0, "context_dim": 384 if text else None,
             "cross_attention_levels": list(cfg.cross_attention_levels) if text else []}
 
 
@@ -53,19 +57,20 @@ class Conditioner:
 
     def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device, source: str = "digits") -> None:
         self.cfg, self.k, self.device = cfg, num_classes, device
-        if cfg.conditioning == "text":
-            from genlab.models.text import TextEncoder
+        if cfg.uses_text:
+            from genlab.models.text import TextEncoder, trim
 
             # every training phrasing of every label, encoded once: (K * P, L, 384)
             self.table = [sources.train_prompts(source, c) for c in range(num_classes)]
             flat = [p for ps in self.table for p in ps]
-            tokens, mask = TextEncoder().encode(flat)
+            tokens, mask = trim(*TextEncoder().encode(flat))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
 
     def model(self, unet: UNet, y: torch.Tensor, g: torch.Generator | None, p_drop: float):  # noqa: ANN201
         """The network (x_t, t, _) -> output for labels y; with g, a random phrasing and condition dropout
-        are drawn from it, without g the first phrasing and no dropout."""
-        if self.cfg.conditioning == "class":
+        are drawn from it (and, for class+text, which condition each image gets); without g the label
+        (class, class+text) or the first phrasing (text), and no dropout."""
+        if self.cfg.conditioning == "class" or (g is None and self.cfg.uses_class):
             y = drop_labels(y, p_drop, self.k, g) if g is not None else y
             y = y.to(self.device)
             return lambda x, t, _y: unet(x, t, y)
@@ -73,8 +78,15 @@ class Conditioner:
         pick = torch.randint(0, per, (len(y),), generator=g) if g is not None else torch.zeros(len(y), dtype=torch.long)
         rows = (y * per + pick).to(self.device)
         drop = (torch.rand(len(y), generator=g) < p_drop) if g is not None else torch.zeros(len(y), dtype=torch.bool)
-        drop = drop.to(self.device)
-        return lambda x, t, _y: unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
+        if self.cfg.conditioning == "text":
+            drop = drop.to(self.device)
+            return lambda x, t, _y: unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
+        # class+text: the label or the prompt, the other one null; both null when dropped
+        text = torch.rand(len(y), generator=g) < P_TEXT
+        labels = torch.where(text | drop, self.k, y).to(self.device)
+        text_null = (~text | drop).to(self.device)
+        return lambda x, t, _y: unet(x, t, labels, context=self.tokens[rows], context_mask=self.mask[rows],
+                                     drop=text_null)
 
 
 def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
@@ -114,8 +126,12 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
     cond = Conditioner(cfg, num_classes, ctx.device, source)
     y_all = data.train.labels
 
+    total_steps = max(1, cfg.train_images // cfg.batch_size)
+
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         unet.train()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, trainable.step, total_steps)
         x0 = x0_batch(idx, g).to(ctx.device)
         model = cond.model(unet, y_all[idx], g, cfg.p_uncond)
         loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)

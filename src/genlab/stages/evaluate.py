@@ -64,6 +64,26 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     return results
 
 
+PROMPT_ROW = "ldm_prompts (held-out phrasings)"
+
+
+def prompt_row(ctx: Context, ldm: LDMConfig, floor_fid: float, tier: str) -> dict[str, dict]:
+    """A class+text LDM prompted with held-out phrasings at its default guidance scale, as scored by the
+    guidance sweep (same seeds, labels, sample count and reference, evaluator features); {} for other
+    models, for the standard (Inception) tier, or when the default scale is not in the sweep."""
+    if ldm.conditioning != "class+text" or tier != "offline":
+        return {}
+    sweep = json.loads((ctx.paths.root / "reports" / "guidance" / "sweep.json").read_text())
+    row = next((r for r in sweep["rows"] if r["guidance_scale"] == ldm.guidance_scale), None)
+    if row is None:
+        log.warning("ldm.guidance_scale %g is not in sample.guidance_sweep: no held-out prompt row",
+                    ldm.guidance_scale)
+        return {}
+    m = {k.removeprefix("prompt_"): v for k, v in row.items() if k.startswith("prompt_")}
+    m["class_accuracy"] = m.pop("accuracy")
+    return {PROMPT_ROW: {**m, "fid_ratio": m["fid"] / floor_fid, "n": sweep["n"]}}
+
+
 def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
     """Only the snapshot files a sampler needs (not the training state) as MLflow model artifacts."""
     needed = {"vae": ["vae"], "ldm": ["ldm", "vae"], "pixel": ["pixel"], "gan": ["gan"]}[family]
@@ -78,13 +98,15 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
 
 
 def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, DiffusionConfig], results: dict,
-                         protocol: dict) -> dict:
+                         protocol: dict, source: str) -> dict:
     """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule."""
     decisions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in FAMILIES:
             settings = diffusion_settings(diffusion[family]) if family in diffusion else {}
             example = pd.DataFrame({"label": np.arange(2, dtype=np.int64), "seed": np.arange(2, dtype=np.int64)})
+            if family in diffusion and diffusion[family].uses_text:
+                example["prompt"] = [sources.heldout_prompts(source, int(y))[0] for y in example["label"]]
             images = read_samples(ctx, family)["images"][:2].numpy()
             params = {"guidance_scale": settings["guidance_scale"], "sample_steps": settings["steps"]} \
                 if family in diffusion else None
@@ -107,6 +129,7 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
     note = f"FID tier: {extractor.note}."
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
         results = score(cfg, ctx, data, extractor, ref, evaluator)
+        results.update(prompt_row(ctx, ldm, results["data floor (test vs train)"]["fid"], extractor.tier))
         table = comparison_table(results)
         ctx.paths.reports.mkdir(parents=True, exist_ok=True)
         md, csv = write_comparison(table, ctx.paths.reports, note)
@@ -125,13 +148,15 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
             mlrun.set_tags({f"genlab.{family}.sampler": settings["sampler"]})
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
-        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol)
+        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest["source"])
         page = html_report.build(ctx.paths.root, table, note, protocol, decisions)
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": extractor.note, "protocol": protocol,
                    "sampling": {"seed": sample_seed(ctx), **{f: diffusion_settings(c) for f, c in diffusion.items()}},
                    "floor": results["data floor (test vs train)"],
                    **{f: results[f] for f in FAMILIES}, "registry": decisions}
+        if PROMPT_ROW in results:
+            metrics["ldm_prompts"] = results[PROMPT_ROW]
         mlrun.log_dict(metrics, "evaluate.json")
     write_metrics(ctx, STAGE, metrics)
     return metrics

@@ -2,14 +2,18 @@
 quality/fidelity trade-off: FID (and precision/recall) against class accuracy.
 
 The same seeds and labels at every scale, so the only thing that changes is w in
-eps = eps_u + w (eps_c - eps_u). Writes a DVC plot (plots/guidance_sweep.csv), a picture of FID
-against class accuracy, and one sample grid per scale.
+eps = eps_u + w (eps_c - eps_u). A class+text model is scored twice per scale: guided by the labels
+(columns fid, class_accuracy, ...) and by held-out phrasings of the same labels (prompt_fid,
+prompt_accuracy, ...). For a text model the main columns already come from held-out phrasings.
+Writes a DVC plot (plots/guidance_sweep.csv), a picture of FID against accuracy, and one sample grid
+per scale.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -20,11 +24,19 @@ from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DiffusionSampler, generate, image_seeds
-from genlab.stages.common import Context, load_data, stage_run, write_metrics
+from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
 from genlab.stages.sample import diffusion_settings
 
 STAGE = "guidance_sweep"
 log = logging.getLogger(__name__)
+
+
+def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> dict:
+    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
+                    cuda=ctx.device.type == "cuda")
+    acc = fid.class_accuracy(evaluator, images, label_attributes(data.manifest["source"], labels))
+    return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"], "kid_mean": m["kid_mean"],
+            "class_accuracy": acc}
 
 
 def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
@@ -34,19 +46,23 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
     labels = torch.arange(k).repeat_interleave(cfg.n_per_class)
     seeds = image_seeds(cfg.seed, "ldm", len(labels))
     sampler = DiffusionSampler(ctx.paths.model("ldm"), ctx.paths.model("vae"), ctx.device)
+    # a class+text model is also scored through its prompts: held-out phrasings, chosen per image by its seed
+    prompts = sampler.prompts_for(labels, seeds) if ldm.conditioning == "class+text" else None
     rows = []
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun, staged_dir(ctx.paths.root / "reports" / "guidance") as out:
         for w in cfg.guidance_sweep:
             settings = {**diffusion_settings(ldm), "guidance_scale": w}
             images = generate(sampler, labels, seeds, cfg.batch_size, **settings)
-            m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
-                            cuda=ctx.device.type == "cuda")
-            row = {"guidance_scale": w, "fid": m["fid"], "precision": m["precision"], "recall": m["recall"],
-                   "kid_mean": m["kid_mean"],
-                   "class_accuracy": fid.class_accuracy(evaluator, images,
-                                                        label_attributes(data.manifest["source"], labels))}
+            row = {"guidance_scale": w, **score(images, labels, data, evaluator, ctx)}
+            if prompts is not None:
+                # w = 0 is the unconditional model whatever the condition: the same images, not sampled twice
+                m = dict(row) if w == 0 else \
+                    score(generate(sampler, labels, seeds, cfg.batch_size, prompts=prompts, **settings), labels, data,
+                          evaluator, ctx)
+                m["accuracy"] = m.pop("class_accuracy")  # prompt accuracy: every attribute the prompt names
+                row.update({f"prompt_{key}": v for key, v in m.items() if key != "guidance_scale"})
             rows.append(row)
-            log.info("guidance %.2f: FID %.4g, class accuracy %.4f", w, row["fid"], row["class_accuracy"])
+            log.info("guidance %.2f: %s", w, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "guidance_scale"))
             per = min(8, cfg.n_per_class)
             idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + per) for c in range(k)])
             save_grid(images[idx], out / f"w{w:g}.png", nrow=per)
@@ -56,7 +72,8 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
         for r in rows:
             # MLflow steps are integers: the scale in hundredths
             step = round(r["guidance_scale"] * 100)
-            mlrun.log_metrics({"fid": r["fid"], "class_accuracy": r["class_accuracy"]}, step)
+            mlrun.log_metrics({k: r[k] for k in ("fid", "class_accuracy", "prompt_fid", "prompt_accuracy") if k in r},
+                              step)
         mlrun.log_artifact(out / "fid_vs_accuracy.png", "guidance")
         mlrun.log_artifact(ctx.paths.plot(STAGE), "guidance")
     best = min(rows, key=lambda r: r["fid"])
