@@ -15,7 +15,7 @@ genlab's prepared train split and torch threads fixed (`--threads`, 2):
                    attention at the lowest resolution, layers_per_block 2), num_class_embeds = classes + 1 (the
                    last is the null label, dropped in with the same p_uncond), DDPMScheduler (1000 steps, linear),
                    AdamW (lr 1e-4, betas (0.95, 0.999), weight decay 1e-6), grad-norm clip 1, EMAModel (warm-up,
-                   inv_gamma 1, power 3/4, max decay 0.9999), genlab's batch size (`pixel.batch_size`, 128). The
+                   inv_gamma 1, power 3/4, max decay 0.9999), genlab's batch size (`pixel.batch_size`, 64). The
                    recipe's cosine schedule with 500 warm-up steps is left out: on a CPU the whole budget is a few
                    hundred steps, so the learning rate is the constant 1e-4.
 Sampling: genlab arms save their EMA weights as a snapshot (the keys `train_diffusion` writes) and sample through
@@ -265,7 +265,7 @@ def diffusers_arm(bench: Bench, channels: tuple[int, ...], layers: int) -> Train
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6, eps=1e-8)
     ema = EMAModel(model.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=3 / 4)
     null = bench.num_classes
-    batch = min(pixel.batch_size, len(train))  # 128: genlab's
+    batch = min(pixel.batch_size, len(train))  # 64: genlab's
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
         model.train()
