@@ -22,7 +22,7 @@ STAGES = {
     "train_pixel": ("pixel",),
     "train_gan": ("gan",),
     "sample": ("sample", "ldm", "pixel"),
-    "guidance_sweep": ("sample", "ldm"),
+    "guidance_sweep": ("sample", "ldm", "evaluate"),
     "reference_stats": ("evaluate",),
     "evaluate": ("evaluate", "ldm", "pixel"),
 }

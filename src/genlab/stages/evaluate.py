@@ -69,11 +69,14 @@ PROMPT_ROW = "ldm_prompts (held-out phrasings)"
 
 def prompt_row(ctx: Context, ldm: LDMConfig, floor_fid: float, tier: str) -> dict[str, dict]:
     """A class+text LDM prompted with held-out phrasings at its default guidance scale, as scored by the
-    guidance sweep (same seeds, labels, sample count and reference, evaluator features); {} for other
-    models, for the standard (Inception) tier, or when the default scale is not in the sweep."""
-    if ldm.conditioning != "class+text" or tier != "offline":
+    guidance sweep (same seeds, labels, sample count, reference and metric settings, evaluator features);
+    {} for the standard (Inception) tier, for a sweep without prompt columns (not a class+text model), or
+    when the default scale is not in the sweep."""
+    if tier != "offline":
         return {}
     sweep = json.loads((ctx.paths.root / "reports" / "guidance" / "sweep.json").read_text())
+    if not any("prompt_fid" in r for r in sweep["rows"]):
+        return {}
     row = next((r for r in sweep["rows"] if r["guidance_scale"] == ldm.guidance_scale), None)
     if row is None:
         log.warning("ldm.guidance_scale %g is not in sample.guidance_sweep: no held-out prompt row",

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from genlab.config import LDMConfig, SampleConfig
+from genlab.config import EvaluateConfig, LDMConfig, SampleConfig
 from genlab.data.sources import label_attributes
 from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
@@ -31,15 +31,18 @@ STAGE = "guidance_sweep"
 log = logging.getLogger(__name__)
 
 
-def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> dict:
-    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
-                    cuda=ctx.device.type == "cuda")
+def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Path, ev: EvaluateConfig,
+          ctx: Context) -> dict:
+    """FID, precision/recall and KID with the `evaluate` stage's settings (its table shows the prompt row),
+    and class accuracy."""
+    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=ev.kid_subset_size,
+                    pr_neighbourhood=ev.pr_neighbourhood, batch_size=ev.batch_size, cuda=ctx.device.type == "cuda")
     acc = fid.class_accuracy(evaluator, images, label_attributes(data.manifest["source"], labels))
     return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"], "kid_mean": m["kid_mean"],
             "class_accuracy": acc}
 
 
-def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
+def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     evaluator = ctx.paths.model("evaluator") / "model.safetensors"
     k = data.manifest["num_classes"]
@@ -47,18 +50,18 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ctx: Context) -> dict:
     seeds = image_seeds(cfg.seed, "ldm", len(labels))
     sampler = DiffusionSampler(ctx.paths.model("ldm"), ctx.paths.model("vae"), ctx.device)
     # a class+text model is also scored through its prompts: held-out phrasings, chosen per image by its seed
-    prompts = sampler.prompts_for(labels, seeds) if ldm.conditioning == "class+text" else None
+    prompts = sampler.prompts_for(labels, seeds) if sampler.conditioning == "class+text" else None
     rows = []
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun, staged_dir(ctx.paths.root / "reports" / "guidance") as out:
         for w in cfg.guidance_sweep:
             settings = {**diffusion_settings(ldm), "guidance_scale": w}
             images = generate(sampler, labels, seeds, cfg.batch_size, **settings)
-            row = {"guidance_scale": w, **score(images, labels, data, evaluator, ctx)}
+            row = {"guidance_scale": w, **score(images, labels, data, evaluator, ev, ctx)}
             if prompts is not None:
                 # w = 0 is the unconditional model whatever the condition: the same images, not sampled twice
                 m = dict(row) if w == 0 else \
                     score(generate(sampler, labels, seeds, cfg.batch_size, prompts=prompts, **settings), labels, data,
-                          evaluator, ctx)
+                          evaluator, ev, ctx)
                 m["accuracy"] = m.pop("class_accuracy")  # prompt accuracy: every attribute the prompt names
                 row.update({f"prompt_{key}": v for key, v in m.items() if key != "guidance_scale"})
             rows.append(row)
