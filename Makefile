@@ -43,7 +43,8 @@ lint: $(VENV)/.stamp-test
 flow: $(VENV)/.stamp-base
 	python flows/pipeline.py
 
-## serve: serve the Prefect flow on a nightly schedule
+## serve: serve the Prefect flow on a nightly schedule (03:00 UTC) on the Prefect server PREFECT_API_URL names,
+## or else on a local one it starts (127.0.0.1:4200, or a free port) and stops on Ctrl-C
 serve: $(VENV)/.stamp-base
 	python flows/pipeline.py --serve --cron "0 3 * * *"
 

@@ -208,15 +208,14 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     def sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         return generate(sampler, labels, seeds, bench.params.sample.batch_size, **settings)
-    extra_cost = {"vae_train_seconds": vae_seconds(vae_dir)} if vae_dir is not None else {}
+    extra_cost = {"vae_train_seconds": vae_seconds(bench.paths.metrics("train_vae"))} if vae_dir is not None else {}
     return Trained(sample, sum(p.numel() for p in unet.parameters()), budget,
                    {**settings, "lr": cfg.lr, "batch_size": batch, "network": network, **extra_cost})
 
 
-def vae_seconds(vae_dir: Path) -> float | None:
-    """The frozen VAE's own training time (its stage's training.json): spent before the latent arm's budget,
+def vae_seconds(path: Path) -> float | None:
+    """The frozen VAE's own training time (its stage's metrics file): spent before the latent arm's budget,
     and not counted in it."""
-    path = vae_dir / "training.json"
     return float(json.loads(path.read_text())["train_seconds"]) if path.is_file() else None
 
 

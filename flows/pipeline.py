@@ -8,6 +8,10 @@ as Prefect artifacts.
 
     python flows/pipeline.py                              # run once
     python flows/pipeline.py --serve --cron "0 3 * * *"  # serve on a schedule
+
+Serving needs a Prefect server with its scheduler (an ephemeral one schedules nothing): the one
+PREFECT_API_URL names, or else a local `prefect server start` that --serve runs as a child process
+on 127.0.0.1 for as long as it serves.
 """
 
 from __future__ import annotations
@@ -15,13 +19,21 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NoReturn
 
+import httpx
 import networkx as nx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
 from genlab.tracking import parent_run
 
@@ -88,17 +100,119 @@ def pipeline(root: str = str(ROOT)) -> dict[str, str]:
     return results
 
 
-def main(argv: list[str] | None = None) -> None:
+def fail(message: str) -> NoReturn:
+    print(f"genlab: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def say(message: str) -> None:
+    print(f"genlab: {message}", flush=True)
+
+
+def free_port(preferred: int) -> int:
+    """`preferred` when nothing listens on it on 127.0.0.1, else a port the OS picks."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def check_reachable(api_url: str, timeout: float = 5.0) -> None:
+    """Any HTTP answer from `<api_url>/health` will do (auth is Prefect's business); no answer stops here."""
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        fail(f"PREFECT_API_URL {api_url} is unreachable ({type(exc).__name__}: {exc}); "
+             "start that server, or unset PREFECT_API_URL to serve with a local one")
+
+
+def stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the child's process group (it leads one), SIGKILL what is left after `grace` seconds."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave the server behind
+    with suppress(ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers in the group, if any
+    proc.wait()
+
+
+@contextmanager
+def local_server(port: int, timeout: float) -> Iterator[str]:
+    """`prefect server start` on 127.0.0.1:`port` as a child process; yields its API URL, stops it on exit."""
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "genlab-server.log"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--analytics-off"]
+    with log.open("w") as out:  # its own session: Ctrl-C reaches serve, which then stops the server in order
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                last = " ".join(log.read_text().strip().split("\n\n")[-1].split()) or "no output"  # unwrapped
+                fail(f"`prefect server start` exited with status {proc.returncode}: {last} (log: {log})")
+            try:
+                if httpx.get(f"{base}/api/health", timeout=2, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                fail(f"the local Prefect server did not answer at {base}/api/health within {timeout:.0f} s "
+                     f"(log: {log})")
+            time.sleep(0.5)
+        say(f"Prefect server started at {base} (UI; API {base}/api; PREFECT_HOME {home}; log {log})")
+        yield f"{base}/api"
+    finally:
+        stop(proc)
+    say("Prefect server stopped")
+
+
+def serve(name: str, cron: str, port: int | None, server_timeout: float) -> None:
+    """Serve `pipeline` on `cron` against PREFECT_API_URL when set, else against a local child server."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # until serve installs its own handler: unwind, so the server is stopped
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+    # one run at a time (runs share DVC's lock); a run that comes due meanwhile starts when this one ends
+    deployment = {"name": name, "cron": cron, "parameters": {"root": str(ROOT)}, "limit": 1}
+    if (api_url := PREFECT_API_URL.value()):
+        check_reachable(api_url)
+        say(f"serving on the Prefect server at {api_url} (PREFECT_API_URL)")
+        pipeline.serve(**deployment)
+        return
+    if port is None and (port := free_port(4200)) != 4200:
+        say(f"port 4200 is taken (another Prefect server? PREFECT_API_URL=http://127.0.0.1:4200/api serves on it); "
+            f"starting a local server on port {port}")
+    with (local_server(port, server_timeout) as api_url,
+          temporary_settings(updates={PREFECT_API_URL: api_url})):  # this process and the flow runs it starts
+        pipeline.serve(**deployment)
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run or serve the genlab Prefect flow.")
     parser.add_argument("--serve", action="store_true", help="serve the flow as a scheduled deployment")
     parser.add_argument("--cron", default="0 3 * * *", help="schedule when serving (default: %(default)s)")
     parser.add_argument("--name", default="genlab-nightly", help="deployment name when serving")
+    parser.add_argument("--port", type=int, default=None,
+                        help="port of the local Prefect server when PREFECT_API_URL is unset (default: 4200 if free)")
+    parser.add_argument("--server-timeout", type=float, default=120.0,
+                        help="seconds to wait for the local Prefect server to answer (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.serve:
-        pipeline.serve(name=args.name, cron=args.cron)
+        with suppress(KeyboardInterrupt):
+            serve(args.name, args.cron, args.port, args.server_timeout)
     else:
         print(pipeline())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

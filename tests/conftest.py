@@ -98,3 +98,11 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-q", "-m", "tiny genlab project"], root, env)
     return root, env
+
+
+@pytest.fixture(scope="session")
+def repro(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str], str]:
+    """`dvc repro` once on the tiny project: (root, env, its stdout), shared by the tests that need outputs."""
+    root, env = project
+    out = sh(["dvc", "repro"], root, env)
+    return root, env, out.stdout

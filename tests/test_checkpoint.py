@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
 from fractions import Fraction
 from pathlib import Path
 
@@ -114,7 +113,7 @@ def test_train_state_refuses_arbitrary_pickles(tmp_path: Path) -> None:
     # weights_only=True: an object that is not a tensor or plain container must not be unpickled.
     path = tmp_path / "state.pt"
     save_train_state({"step": 1, "odd": Fraction(1, 3)}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(GenlabError, match="refused"):
         load_train_state(path)
 
 
@@ -225,3 +224,74 @@ def test_batch_indices_full_batch_and_too_large() -> None:
     assert sorted(batch_indices(0, 5, 8, 8).tolist()) == list(range(8))
     with pytest.raises(ValueError):
         batch_indices(0, 0, 8, 9)
+
+
+# ---------------------------------------------------------------------------------------------- durability
+
+
+def test_atomic_write_fsyncs_file_then_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import genlab.paths as paths
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if os.path.isdir(f"/proc/self/fd/{fd}") else "fsync file")
+        real_fsync(fd)
+
+    def replace(a: object, b: object) -> None:
+        events.append("replace")
+        real_replace(a, b)
+
+    monkeypatch.setattr(paths.os, "fsync", fsync)
+    monkeypatch.setattr(paths.os, "replace", replace)
+    atomic_write(tmp_path / "f.bin", b"data")
+    assert events == ["fsync file", "replace", "fsync dir"]
+
+
+def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
+    """Unique temporary names: many threads writing one path leave one whole version and no temporaries."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "shared.bin"
+    payloads = [bytes([i]) * 200_000 for i in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda p: atomic_write(path, p), payloads))
+    assert path.read_bytes() in payloads
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.bin"]
+
+
+def test_write_failure_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import genlab.paths as paths
+
+    path = tmp_path / "model.safetensors"
+    atomic_write(path, b"old")
+
+    def full(fd: int, data: bytes) -> None:
+        os_write(fd, data[:3])  # part of it made it to the disk, then the disk was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    os_write = __import__("os").write
+    monkeypatch.setattr(paths, "_write_all", full)
+    with pytest.raises(GenlabError) as info:
+        atomic_write(path, b"new content")
+    assert str(path) in str(info.value) and "No space left on device" in str(info.value)
+    assert info.value.exit_code == 1
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+def test_staged_dir_restores_a_swap_cut_between_its_renames(tmp_path: Path) -> None:
+    final = tmp_path / "gan"
+    old = tmp_path / ".gan.old"
+    old.mkdir()
+    (old / "model.safetensors").write_text("finished")  # killed after `final -> old`, before `tmp -> final`
+    (tmp_path / ".gan.x1y2").mkdir()  # and a half-written staging folder
+    with pytest.raises(RuntimeError), staged_dir(final):
+        assert (final / "model.safetensors").read_text() == "finished"  # put back before anything else
+        raise RuntimeError("fails again")
+    assert (final / "model.safetensors").read_text() == "finished"
+    assert [p.name for p in tmp_path.iterdir()] == ["gan"]

@@ -1,5 +1,6 @@
 """End to end: `dvc repro` on the tiny params in a temporary copy, then the no-op repro, an
-experiment, and the Prefect flow. Stages run in order within this module (one shared project)."""
+experiment, and the Prefect flow. Tests run in order within this module on one shared project
+(the session's `repro` fixture, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -23,13 +24,6 @@ from tests.conftest import sh
 FAMILIES = ("vae", "ldm", "pixel", "gan")
 STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
           "guidance_sweep", "reference_stats", "evaluate")
-
-
-@pytest.fixture(scope="module")
-def repro(project: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str], str]:
-    root, env = project
-    out = sh(["dvc", "repro"], root, env)
-    return root, env, out.stdout
 
 
 def test_repro_writes_every_output(repro: tuple[Path, dict[str, str], str]) -> None:

@@ -68,3 +68,12 @@ def test_other_protocol_is_not_comparable(registry: MlflowClient, tmp_path: Path
 def test_missing_version_is_reported_not_raised(registry: MlflowClient) -> None:
     decision = promote_if_better({"registered_model": NAME, "version": "42"}, 1.0, PROTOCOL)
     assert decision == {"promoted": False, "reason": f"{NAME} v42 is not in this registry"}
+
+
+def test_current_champion_scored_again_stays_champion(registry: MlflowClient, tmp_path: Path) -> None:
+    """A reused version (same content, re-evaluated) that is already champion: no alias moves."""
+    ref = new_version(registry, tmp_path)
+    promote_if_better(ref, 5.0, PROTOCOL)
+    decision = promote_if_better(ref, 4.0, PROTOCOL)  # the sqlite store returns int versions, refs carry str
+    assert decision == {"promoted": True, "reason": "already champion"}
+    assert aliases(registry) == {"champion": "1"}  # no `previous` pointing at the champion itself

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 
 from genlab.checkpoint import load_train_state, save_train_state
 from genlab.config import EvaluatorConfig
-from genlab.training import Trainable, train
+from genlab.errors import TrainingDiverged
+from genlab.training import NonFinite, Trainable, optimizer_step, train
 
 N = 40
 X = torch.randn(N, 4, generator=torch.Generator().manual_seed(0))
@@ -151,3 +152,62 @@ def test_batch_larger_than_dataset_is_clipped(tmp_path: Path) -> None:
     run.train(tmp_path / "c.pt", cfg)
     assert len(run.calls) == 2 and all(c.shape == (N,) for c in run.calls)  # batch = min(64, 40), 80 // 40 steps
     assert not (tmp_path / "c.pt").exists()  # no checkpoint interval reached, none written at the end
+
+
+# ---------------------------------------------------------------------------------------------- NaN / Inf
+
+
+def test_optimizer_step_refuses_a_non_finite_loss_and_gradient() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.Adam(model.parameters(), lr=0.1)
+    before = _weights(model)
+    with pytest.raises(NonFinite, match=r"loss_d \(nan\)"):
+        optimizer_step(model, opt, model(torch.tensor([[float("nan"), 0.0]])).sum(), loss_name="loss_d",
+                       module_name="D")
+    # a finite loss whose gradient is infinite: d/dw sqrt(w - w) at 0
+    w = model.weight
+    with pytest.raises(NonFinite, match=r"the gradient of D\.weight"):
+        optimizer_step(model, opt, torch.sqrt(w - w.detach()).sum(), loss_name="loss_d", module_name="D")
+    assert _same(_weights(model), before) and opt.state_dict()["state"] == {}  # nothing was applied
+    norm = optimizer_step(model, opt, model(torch.ones(1, 2)).sum(), loss_name="loss", module_name="D")
+    assert torch.isfinite(norm) and not _same(_weights(model), before)
+
+
+def test_nan_stops_training_and_keeps_the_last_good_state(tmp_path: Path) -> None:
+    ckpt = tmp_path / "unit.pt"
+    run = Run()
+    poison = 13  # checkpoints were written after steps 4, 8 and 12
+
+    def step_fn(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        if len(run.calls) == poison:
+            loss = run.model(torch.full((1, 4), float("inf"))).sum() * 0.0  # inf * 0 = nan
+            optimizer_step(run.model, run.opt, loss, loss_name="loss", module_name="model")
+        return Run.step_fn(run, idx, g)
+
+    run.step_fn = step_fn  # type: ignore[method-assign]
+    with pytest.raises(TrainingDiverged) as info:
+        run.train(ckpt)
+    msg = str(info.value)
+    assert msg.startswith("unit: step 13 (104 images seen): loss (nan) is NaN or Inf")
+    assert f"{ckpt} (step 12)" in msg and "\n" not in msg and info.value.exit_code == 3
+    state = load_train_state(ckpt)
+    assert state["step"] == 12 and all(torch.isfinite(v).all() for v in state["modules"]["model"].values())
+    # the kept state resumes exactly like an uninterrupted run
+    resumed = Run()
+    resumed.train(ckpt)
+    reference = Run()
+    reference.train(tmp_path / "ref.pt")
+    assert _same(_weights(resumed.model), _weights(reference.model))
+
+
+def test_non_finite_reported_loss_also_stops(tmp_path: Path) -> None:
+    run = Run()
+
+    def step_fn(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+        out = Run.step_fn(run, idx, g)
+        return {**out, "kl": float("inf")} if len(run.calls) == 3 else out
+
+    run.step_fn = step_fn  # type: ignore[method-assign]
+    with pytest.raises(TrainingDiverged, match=r"step 2 \(16 images seen\): kl \(inf\) is NaN or Inf.*no training"):
+        run.train(tmp_path / "c.pt")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from genlab.config import load_params
-from genlab.device import resolve
 from genlab.errors import GenlabError
 from genlab.paths import Paths
+from genlab.preflight import check_tracking
 
 # stage name -> the params sections its `run` takes (dvc.yaml lists the exact keys it reads)
 STAGES = {
@@ -31,9 +31,14 @@ STAGES = {
 def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | None = None) -> object:
     """Validate the whole params file first (nothing is written on bad input), then run one stage."""
     params = load_params(params_path)
+    check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
+    from genlab.device import resolve
+    from genlab.randomness import deterministic, seed_process
     from genlab.stages.common import Context
 
     ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=resolve(params.device))
+    seed_process(params.seed, stage)  # nothing may depend on the process's default seed
+    deterministic(ctx.device)
     module = importlib.import_module(f"genlab.stages.{stage}")
     return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx)
 
@@ -51,6 +56,7 @@ def parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         s = sub.add_parser(stage, help=f"run the {stage} stage")
         s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+        s.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     c = sub.add_parser("compare", help="models across MLflow runs and experiments, as one table")
     c.add_argument("--experiment", action="append", help="experiment name (repeatable; default: genlab)")
     c.add_argument("--family", choices=("vae", "ldm", "pixel", "gan"), help="only this model family")
@@ -72,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_stage(args.command, args.params)
     except GenlabError as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"genlab: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except OSError as exc:  # the disk, not the input: e.g. ENOSPC while writing an output
+        if getattr(args, "debug", False) or exc.filename is None:
+            raise
+        print(f"genlab: error: {args.command}: {exc.filename}: {exc.strerror}; previous outputs are intact",
+              file=sys.stderr)
+        return 1
     return 0
 
 

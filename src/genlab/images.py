@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from genlab.paths import atomic_write  # noqa: E402
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -32,8 +35,9 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: 
     arr = canvas.permute(1, 2, 0).numpy()
     pil = Image.fromarray(arr[:, :, 0] if c == 1 else arr, mode="L" if c == 1 else "RGB")
     pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pil.save(path)
+    buffer = io.BytesIO()
+    pil.save(buffer, format="png")
+    atomic_write(path, buffer.getvalue())
 
 
 def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
@@ -47,9 +51,15 @@ def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    """A matplotlib figure as PNG through `atomic_write`; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
 
 
 def save_tradeoff(table: pd.DataFrame, path: Path) -> None:
@@ -71,6 +81,4 @@ def save_tradeoff(table: pd.DataFrame, path: Path) -> None:
     ax.set_title("LDM: guidance scale trade-off")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

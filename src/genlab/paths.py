@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from genlab.errors import StorageError
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -41,31 +43,86 @@ class Paths:
         return self.root / "checkpoints" / f"{stage}.pt"
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write a file durably and atomically: readers see the old or the new content, never half of it,
+    and once this returns the new content survives a crash or power cut.
+
+    The temporary sibling has a unique name (two writers never collide) and is fsynced before
+    `os.replace`; the directory is fsynced after. A failed write (e.g. ENOSPC) removes the temporary
+    file, leaves the previous content in place and raises `StorageError` naming the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    try:
+        try:
+            _write_all(fd, data.encode() if isinstance(data, str) else data)
+            os.fchmod(fd, 0o644)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"{path}: cannot write ({e.strerror or e}); the previous {path.name}, if any, "
+                           "is intact") from e
+    fsync_dir(path.parent)
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """Temporary siblings of `path` that a killed writer left behind (see `atomic_write`, `staged_dir`)."""
+    return sorted(path.parent.glob(f".{path.name}.*")) if path.parent.is_dir() else []
+
+
 @contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
     """Write a directory output into a temporary sibling, then swap it in whole.
 
-    A failure leaves no partial output behind and never deletes the previous finished one.
+    A failure leaves no partial output behind and never deletes the previous finished one; a process
+    killed between the two renames of the swap leaves the previous output as `.<name>.old`, which the
+    next call puts back. Files written with `atomic_write` are durable; the swap is fsynced too. The
+    caller owns `final` (DVC's lock): temporaries left by a killed writer are removed.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    old = final.with_name(f".{final.name}.old")
+    if old.is_dir() and not final.exists():
+        old.rename(final)  # a swap interrupted between its two renames: the previous output comes back
+    for stale in stale_temporaries(final):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     tmp.chmod(0o755)
     try:
         yield tmp
+    except StorageError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        reason = getattr(e.__cause__, "strerror", None) or e
+        raise StorageError(f"{final}: its new version could not be written ({reason}); the previous {final.name} "
+                           "is intact") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = final.with_name(f".{final.name}.old")
+    fsync_dir(tmp)
     if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
+    fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from genlab.checkpoint import load_snapshot
+from genlab.checkpoint import load_network, rerun
 from genlab.data.sources import heldout_prompts
 from genlab.diffusion.sample import (
     Denoiser,
@@ -23,6 +23,7 @@ from genlab.diffusion.sample import (
     guided,
 )
 from genlab.diffusion.schedules import alpha_bar
+from genlab.errors import GenlabError
 from genlab.models.gan import Generator
 from genlab.models.text import trim
 from genlab.models.unet import UNet
@@ -43,9 +44,8 @@ def seeded_normal(seeds: list[int], shape: tuple[int, ...], *stream: int | str) 
 
 
 def load_vae(model_dir: Path, device: torch.device) -> tuple[VAE, dict]:
-    state, cfg = load_snapshot(model_dir / "model.safetensors")
-    vae = VAE(**cfg["network"])
-    vae.load_state_dict(state)
+    vae, cfg = load_network(model_dir / "model.safetensors", VAE, "a VAE", "train_vae",
+                            keys=("latent_shape", "latent_scale"))
     return vae.to(device).eval(), cfg
 
 
@@ -74,11 +74,18 @@ class DiffusionSampler:
     conditional = True
 
     def __init__(self, model_dir: Path, vae_dir: Path | None, device: torch.device) -> None:
-        state, cfg = load_snapshot(model_dir / "model.safetensors")
-        self.unet = UNet(**cfg["network"])
-        self.unet.load_state_dict(state)
+        path = model_dir / "model.safetensors"
+        stage = f"train_{model_dir.name}" if model_dir.name in DIFFUSION else None  # for messages
+        self.unet, cfg = load_network(path, UNet, "a diffusion U-Net", stage,
+                                      keys=("timesteps", "schedule", "latent_shape", "latent_scale"))
         self.unet.to(device).eval()
-        self.vae = load_vae(vae_dir, device)[0] if cfg.get("space", "latent") == "latent" else None
+        self.vae = None
+        if cfg.get("space", "latent") == "latent":
+            self.vae, vae_cfg = load_vae(vae_dir, device)
+            if list(vae_cfg["latent_shape"]) != list(cfg["latent_shape"]):
+                raise GenlabError(f"{vae_dir / 'model.safetensors'}: a VAE with latents {vae_cfg['latent_shape']}, "
+                                  f"but {path} was trained on latents {cfg['latent_shape']}: expected the VAE it was "
+                                  f"trained with; {rerun(stage)}")
         self.cfg, self.device = cfg, device
         self.alpha_bar = alpha_bar(cfg["timesteps"], cfg["schedule"])
         self.text = None
@@ -150,9 +157,7 @@ class GANSampler:
     conditional = True
 
     def __init__(self, gan_dir: Path, device: torch.device) -> None:
-        state, cfg = load_snapshot(gan_dir / "model.safetensors")
-        self.g = Generator(**cfg["network"])
-        self.g.load_state_dict(state)
+        self.g, cfg = load_network(gan_dir / "model.safetensors", Generator, "a GAN generator", "train_gan")
         self.g.to(device).eval()
         self.z_dim, self.device = cfg["network"]["z_dim"], device
 

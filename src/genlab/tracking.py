@@ -3,10 +3,19 @@
 Tracking URI: `MLFLOW_TRACKING_URI`, else `sqlite:///<root>/mlflow.db`. Artifacts of the `genlab`
 experiment go to `<root>/mlartifacts` (fixed, whatever the working directory). A stage run whose
 environment has `GENLAB_PARENT_RUN_ID` (set by the Prefect flow) is that run's child.
+
+An unreachable store stops the run before any work with one line naming the URI: `setup` (hence every stage
+run and the flow's parent run) first calls `preflight.check_tracking`, which also bounds MLflow's HTTP
+retries and timeouts (values and reasons in `genlab/preflight.py`).
+
+Registered versions are keyed by content: `log_model` tags each version with `genlab.content_sha256`,
+a sha256 over the files the model ships (weights, configs, serving code, names included) and its
+model_config (sampling settings), and reuses the version with the same hash instead of adding another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,24 +29,25 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
+
+from genlab.preflight import check_tracking
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "genlab"
 PARENT_ENV = "GENLAB_PARENT_RUN_ID"
 SERVING_CODE = Path(__file__).with_name("serving.py")
-
-
-def tracking_uri(root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+CONTENT_TAG = "genlab.content_sha256"
+PIP_REQUIREMENTS = ["torch==2.14.1", "safetensors", "pandas", "numpy"]
 
 
 def setup(root: Path) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
-    mlflow.set_tracking_uri(tracking_uri(root))
+    mlflow.set_tracking_uri(check_tracking(root))
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").resolve().as_uri())
@@ -56,14 +66,21 @@ def git_commit(root: Path) -> str:
 
 
 class StageRun:
-    """Handle on an active stage run."""
+    """Handle on an active stage run.
 
-    def __init__(self, run: mlflow.ActiveRun) -> None:
+    `logged` maps each metric key to the last step an earlier attempt of this run logged it at (a resumed
+    stage): those points are not logged again, so every step of a metric is in the run exactly once."""
+
+    def __init__(self, run: mlflow.ActiveRun, logged: dict[str, int] | None = None) -> None:
         self.run = run
         self.run_id = run.info.run_id
+        self.logged = logged or {}
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        at = step or 0  # MLflow's step when none is given
+        fresh = {k: float(v) for k, v in metrics.items() if at > self.logged.get(k, -1)}
+        if fresh:
+            mlflow.log_metrics(fresh, step=step)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
@@ -81,7 +98,22 @@ class StageRun:
                   output: np.ndarray, params: dict[str, Any] | None, settings: dict[str, Any],
                   tags: dict[str, str]) -> dict[str, Any]:
         """Log a sampler as an MLflow pyfunc model from code (no pickled Python objects: the weights are
-        safetensors artifacts and `serving.py` rebuilds the network), register it, tag the version."""
+        safetensors artifacts and `serving.py` rebuilds the network), register it, tag the version.
+
+        A version with the same content (`content_sha256`) is reused instead: nothing is logged and the
+        returned reference has `"reused": True`."""
+        model_config = {"family": family, **settings}
+        content = content_sha256(artifacts, model_config)
+        client = MlflowClient()
+        existing = find_version(registered_name, content)
+        if existing is not None:
+            for k, v in tags.items():
+                client.set_model_version_tag(registered_name, existing.version, k, v)
+            log.info("%s v%s has the same content (sha256 %s): reused, nothing registered",
+                     registered_name, existing.version, content[:12])
+            return {"registered_model": registered_name, "version": str(existing.version),
+                    "model_uri": f"models:/{registered_name}/{existing.version}", "run_id": existing.run_id,
+                    "reused": True}
         with warnings.catch_warnings():  # label and seed are integers on purpose: no missing values
             warnings.filterwarnings("ignore", message=".*integer column.*")
             signature = infer_signature(example, output, params=params)
@@ -95,29 +127,83 @@ class StageRun:
                 name="model",
                 python_model=str(SERVING_CODE),
                 artifacts={k: str(v) for k, v in artifacts.items()},
-                model_config={"family": family, **settings},
+                model_config=model_config,
                 signature=signature,
                 input_example=example,  # MLflow checks that the logged model loads and predicts on it
                 registered_model_name=registered_name,
-                pip_requirements=["torch==2.14.1", "safetensors", "pandas", "numpy"],
+                pip_requirements=PIP_REQUIREMENTS,
                 await_registration_for=60,
             )
         version = str(info.registered_model_version)
-        client = MlflowClient()
-        for k, v in tags.items():
+        for k, v in {**tags, CONTENT_TAG: content}.items():
             client.set_model_version_tag(registered_name, version, k, v)
         return {"registered_model": registered_name, "version": version, "model_uri": info.model_uri,
-                "run_id": child.info.run_id}
+                "run_id": child.info.run_id, "reused": False}
+
+
+def content_sha256(artifacts: dict[str, Path], model_config: dict[str, Any]) -> str:
+    """What a registered model serves, as one sha256: every file it ships (artifact name and relative path,
+    size and bytes, in sorted order), the serving code, its requirements and the model_config (sampling
+    settings) it is logged with. Equal hashes mean the same served model."""
+    files = [(f"artifacts/{name}/{f.relative_to(path).as_posix()}" if path.is_dir() else f"artifacts/{name}", f)
+             for name, path in artifacts.items()
+             for f in (sorted(q for q in path.rglob("*") if q.is_file()) if path.is_dir() else [path])]
+    h = hashlib.sha256()
+    for rel, f in sorted([*files, ("code/serving.py", SERVING_CODE)]):
+        data = f.read_bytes()
+        h.update(f"{rel}\0{len(data)}\0".encode())
+        h.update(data)
+    h.update(json.dumps({"model_config": model_config, "pip_requirements": PIP_REQUIREMENTS},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def find_version(name: str, content: str) -> ModelVersion | None:
+    """The earliest ready version of registered model `name` tagged with this content hash, if any."""
+    found = MlflowClient().search_model_versions(f"name = '{name}' and tags.`{CONTENT_TAG}` = '{content}'")
+    ready = [v for v in found if v.status == "READY" and v.tags.get(CONTENT_TAG) == content]
+    return min(ready, key=lambda v: int(v.version), default=None)
+
+
+def logged_steps(run_id: str) -> dict[str, int]:
+    """The last step at which each metric of a run was logged."""
+    client = MlflowClient()
+    keys = client.get_run(run_id).data.metrics
+    return {k: max(m.step for m in client.get_metric_history(run_id, k)) for k in keys}
+
+
+def existing_run(run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
 
 
 @contextmanager
-def stage_run(root: Path, stage: str, config: dict[str, Any], tags: dict[str, str]) -> Iterator[StageRun]:
-    """An MLflow run for one stage: tagged with stage, git commit and data hash; config as params."""
+def stage_run(root: Path, stage: str, config: dict[str, Any], tags: dict[str, str],
+              resume_run_id: str | None = None) -> Iterator[StageRun]:
+    """An MLflow run for one stage: tagged with stage, git commit and data hash; config as params.
+
+    With `resume_run_id` (the run recorded in a resumed training checkpoint) the stage continues that run:
+    its params stay, metric points it already has are not logged twice, `genlab.resumes` counts the resumes."""
     setup(root)
     all_tags = {"genlab.stage": stage, "genlab.git_commit": git_commit(root), **tags}
     parent = os.environ.get(PARENT_ENV)
     if parent:
         all_tags["mlflow.parentRunId"] = parent
+    if existing_run(resume_run_id):
+        resumes = int(MlflowClient().get_run(resume_run_id).data.tags.get("genlab.resumes", "0")) + 1
+        logged = logged_steps(resume_run_id)
+        with mlflow.start_run(run_id=resume_run_id) as run:
+            mlflow.set_tags({**all_tags, "genlab.resumes": str(resumes)})
+            log.info("continuing MLflow run %s (resume %d)", resume_run_id, resumes)
+            yield StageRun(run, logged)
+        return
+    if resume_run_id:
+        log.warning("MLflow run %s of the resumed checkpoint is not in %s; logging to a new run", resume_run_id,
+                    mlflow.get_tracking_uri())
     with mlflow.start_run(run_name=stage, tags=all_tags) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in config.items()})
         yield StageRun(run)
@@ -125,7 +211,8 @@ def stage_run(root: Path, stage: str, config: dict[str, Any], tags: dict[str, st
 
 @contextmanager
 def parent_run(root: Path, name: str, tags: dict[str, str]) -> Iterator[str]:
-    """A flow-level run; its id goes to the stage processes through GENLAB_PARENT_RUN_ID."""
+    """A flow-level run; its id goes to the stage processes through GENLAB_PARENT_RUN_ID. `setup` checks the
+    store first and bounds MLflow's HTTP client, for this process and the stage processes it starts."""
     setup(root)
     client = MlflowClient()
     run = client.create_run(mlflow.get_experiment_by_name(EXPERIMENT).experiment_id, run_name=name,
@@ -164,7 +251,8 @@ def promote_if_better(ref: dict[str, Any], score: float, protocol: dict[str, str
         champ = client.get_model_version_by_alias(name, "champion")
     except mlflow.exceptions.MlflowException:
         champ = None
-    if champ is not None and champ.version == version:
+    same = champ is not None and str(champ.version) == str(version)  # stores differ: int or str versions
+    if same:
         decision = {"promoted": True, "reason": "already champion"}
     elif champ is None:
         decision = {"promoted": True, "reason": "no champion yet"}
@@ -177,7 +265,7 @@ def promote_if_better(ref: dict[str, Any], score: float, protocol: dict[str, str
     else:
         decision = {"promoted": False, "reason": f"FID {score:.4g} >= champion v{champ.version} FID "
                     f"{champ.tags['fid']}"}
-    if decision["promoted"] and (champ is None or champ.version != version):
+    if decision["promoted"] and not same:
         if champ is not None:
             client.set_registered_model_alias(name, "previous", champ.version)
         client.set_registered_model_alias(name, "champion", version)
@@ -188,7 +276,7 @@ def promote_if_better(ref: dict[str, Any], score: float, protocol: dict[str, str
 
 def search_runs(root: Path, experiments: list[str] | None, filter_string: str = "") -> pd.DataFrame:
     """Runs of the given experiments (default: genlab's) as a DataFrame, newest first."""
-    mlflow.set_tracking_uri(tracking_uri(root))
+    mlflow.set_tracking_uri(check_tracking(root))
     return mlflow.search_runs(experiment_names=experiments or [EXPERIMENT], filter_string=filter_string,
                               output_format="pandas", order_by=["attributes.start_time DESC"])
 

@@ -28,7 +28,7 @@ from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
-from genlab.checkpoint import load_snapshot
+from genlab.checkpoint import load_network
 from genlab.errors import GenlabError
 from genlab.images import to_uint8
 from genlab.models.evaluator import Evaluator
@@ -49,10 +49,7 @@ class EvaluatorFeatures(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"{EXTRACTOR} needs feature_extractor_weights_path (the evaluator snapshot)")
-        state, cfg = load_snapshot(Path(feature_extractor_weights_path))
-        self.net = Evaluator(**cfg["network"])
-        self.net.load_state_dict(state)
-        self.net.eval()
+        self.net, cfg = load_evaluator(Path(feature_extractor_weights_path))
         self.in_channels, self.image_size = cfg["network"]["in_channels"], cfg["image_size"]
 
     @staticmethod
@@ -79,6 +76,12 @@ class EvaluatorFeatures(FeatureExtractorBase):
         feats = self.net.features(x)
         out = {"features": feats, "logits": self.net.head(feats)}
         return tuple(out[name] for name in self.features_list)
+
+
+def load_evaluator(path: Path) -> tuple[Evaluator, dict[str, Any]]:
+    """The evaluator snapshot as a network in eval mode, and its config (refused in one line if it is not one)."""
+    net, cfg = load_network(path, Evaluator, "an evaluator", "train_evaluator", keys=("image_size",))
+    return net.eval(), cfg
 
 
 if EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
@@ -125,7 +128,7 @@ def make_extractor(evaluator_path: Path | str, inception_weights: Path | str | N
     else:
         path, tier, name, what = Path(inception_weights), "standard", STANDARD_EXTRACTOR, "Inception-v3 weights file"
     if not path.is_file():
-        hint = ("run the stage that writes it first" if tier == "offline" else
+        hint = ("run `genlab train_evaluator` first" if tier == "offline" else
                 f"a {STANDARD_EXTRACTOR} state dict for torch-fidelity; genlab never downloads it")
         raise GenlabError(f"{path}: {what} not found ({hint})")
     sha = file_sha256(path)
@@ -222,13 +225,9 @@ def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, ref_images
 
 
 @torch.no_grad()
-@torch.no_grad()
 def attribute_accuracy(evaluator_path: Path, images: torch.Tensor, attributes: torch.Tensor) -> dict[str, float]:
     """Accuracy of the evaluator's prediction of every attribute (N, A), and of all of them at once."""
-    state, cfg = load_snapshot(evaluator_path)
-    net = Evaluator(**cfg["network"])
-    net.load_state_dict(state)
-    net.eval()
+    net, cfg = load_evaluator(evaluator_path)
     names = cfg.get("attribute_names") or [f"head{i}" for i in range(len(net.heads))]
     pred = torch.cat([net.predict(images[i : i + 512]) for i in range(0, len(images), 512)])
     hit = pred == attributes

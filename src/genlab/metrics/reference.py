@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save
+from safetensors.torch import safe_open, save
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
+from genlab.checkpoint import first_line, read_safetensors
 from genlab.errors import GenlabError
 from genlab.metrics.fid import Extractor, extract_features, relabel
 from genlab.paths import atomic_write
@@ -70,18 +70,22 @@ def save_reference(stats: ReferenceStats, path: Path) -> None:
     """safetensors: features, mu, sigma; the key and the extractor description in the header."""
     tensors = {"features": stats.features.contiguous(), "mu": torch.from_numpy(np.ascontiguousarray(stats.mu)),
                "sigma": torch.from_numpy(np.ascontiguousarray(stats.sigma))}
-    metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(asdict(stats.extractor), sort_keys=True)}
+    # the weights are identified by their sha256; only the file's name is kept, so the bytes do not depend on
+    # where the project lives
+    extractor = {**asdict(stats.extractor), "weights_path": Path(stats.extractor.weights_path).name}
+    metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(extractor, sort_keys=True)}
     atomic_write(Path(path), save(tensors, metadata=metadata))
 
 
 def _header(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise GenlabError(f"{path}: reference statistics not found")
+        raise GenlabError(f"{path}: reference statistics not found (run `genlab reference_stats` first)")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
-    except SafetensorError as e:
-        raise GenlabError(f"{path}: not a reference statistics file ({e})") from e
+    except Exception as e:  # noqa: BLE001 (SafetensorError for a damaged file; others for bytes of another format)
+        raise GenlabError(f"{path}: not a reference statistics file ({first_line(e)}): truncated or corrupt; "
+                          "rerun `genlab reference_stats`") from None
 
 
 def load_reference(path: Path, expected_key: str | None = None) -> ReferenceStats:
@@ -89,13 +93,29 @@ def load_reference(path: Path, expected_key: str | None = None) -> ReferenceStat
     path = Path(path)
     meta = _header(path)
     if "key" not in meta or "extractor" not in meta:
-        raise GenlabError(f"{path}: not a reference statistics file (no key/extractor in its header)")
+        raise GenlabError(f"{path}: not a reference statistics file (no key/extractor in its header); "
+                          "rerun `genlab reference_stats`")
     if expected_key is not None and meta["key"] != expected_key:
         raise GenlabError(f"{path}: stale reference statistics (key {meta['key'][:12]}, expected "
-                          f"{expected_key[:12]}): the data or the feature extractor changed; recompute them")
-    t = load_file(str(path))
+                          f"{expected_key[:12]}): the data or the feature extractor changed; recompute them "
+                          "(`genlab reference_stats`)")
+    t, _ = read_safetensors(path, "reference statistics", "reference_stats")
+    try:
+        extractor = Extractor(**json.loads(meta["extractor"]))
+    except (ValueError, TypeError) as e:
+        raise GenlabError(f"{path}: the 'extractor' in its header is not an extractor description ({first_line(e)}); "
+                          "rerun `genlab reference_stats`") from None
+    mu = t.get("mu")
+    d = mu.shape[0] if mu is not None and mu.dim() == 1 else -1
+    for key, shape in {"features": (None, d), "mu": (d,), "sigma": (d, d)}.items():
+        x = t.get(key)
+        if x is None or not x.is_floating_point() or x.dim() != len(shape) or any(
+                e is not None and e != n for e, n in zip(shape, x.shape, strict=True)):
+            got = "missing" if x is None else f"{x.dtype} {tuple(x.shape)}"
+            raise GenlabError(f"{path}: {key}: expected features (N, D), mu (D,), sigma (D, D) as floats, got {got}; "
+                              "rerun `genlab reference_stats`")
     return ReferenceStats(features=t["features"], mu=t["mu"].numpy(), sigma=t["sigma"].numpy(), key=meta["key"],
-                          extractor=Extractor(**json.loads(meta["extractor"])))
+                          extractor=extractor)
 
 
 def cached_reference(path: Path, images: torch.Tensor, extractor: Extractor, data_hash: str,

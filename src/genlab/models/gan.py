@@ -10,6 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from genlab.models.layers import Upsample2x
+
 
 class Generator(nn.Module):
     """(z (B, z_dim), y (B,)) -> images (B, C, S, S) in [-1, 1]; a label embedding is concatenated to z."""
@@ -24,7 +26,7 @@ class Generator(nn.Module):
         self.fc = nn.Linear(2 * z_dim, c * self.start * self.start)
         layers: list[nn.Module] = [nn.BatchNorm2d(c), nn.ReLU()]
         for _ in range(ups):
-            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(c, c // 2, 3, padding=1), nn.BatchNorm2d(c // 2),
+            layers += [Upsample2x(), nn.Conv2d(c, c // 2, 3, padding=1), nn.BatchNorm2d(c // 2),
                        nn.ReLU()]
             c //= 2
         layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Tanh()]

@@ -13,6 +13,16 @@ def norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
+class Upsample2x(nn.Module):
+    """Nearest-neighbour 2x upsampling (B, C, H, W) -> (B, C, 2H, 2W), equal to `nn.Upsample(scale_factor=2)`,
+    written as broadcast + reshape so its backward is a plain sum: deterministic on CUDA, where the
+    backward of `F.interpolate(mode="nearest")` is not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        return x[:, :, :, None, :, None].expand(b, c, h, 2, w, 2).reshape(b, c, 2 * h, 2 * w)
+
+
 class ResBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with an optional embedding applied as scale and shift (FiLM)."""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genlab.models.layers import CrossAttention, ResBlock, SelfAttention, norm, timestep_embedding
+from genlab.models.layers import CrossAttention, ResBlock, SelfAttention, Upsample2x, norm, timestep_embedding
 from genlab.models.text import pooled
 
 Context = tuple[torch.Tensor, torch.Tensor]  # tokens (B, L, D), mask (B, L) bool, True = attend
@@ -98,7 +98,7 @@ class UNet(nn.Module):
             level_skips = [skips.pop() for _ in range(n)]
             self.up.append(Level(c, c_out, n, emb, i in attention_levels, level_skips, ctx_dim(i)))
             c = c_out
-            self.upsample.append(nn.Identity() if i == 0 else nn.Upsample(scale_factor=2, mode="nearest"))
+            self.upsample.append(nn.Identity() if i == 0 else Upsample2x())
         self.out = nn.Sequential(norm(c), nn.SiLU(), nn.Conv2d(c, in_channels, 3, padding=1))
         self.base_channels = base_channels
         # the learned null condition for classifier-free guidance (module docstring)

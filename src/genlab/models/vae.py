@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from genlab.models.layers import ResBlock, norm
+from genlab.models.layers import ResBlock, Upsample2x, norm
 
 
 class Encoder(nn.Module):
@@ -31,7 +31,7 @@ class Decoder(nn.Module):
         c = base * 2**downsample
         layers: list[nn.Module] = [nn.Conv2d(latent, c, 3, padding=1), ResBlock(c, c)]
         for _ in range(downsample):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, c // 2, 3, padding=1),
+            layers += [Upsample2x(), nn.Conv2d(c, c // 2, 3, padding=1),
                        ResBlock(c // 2, c // 2)]
             c //= 2
         layers += [norm(c), nn.SiLU(), nn.Conv2d(c, out_channels, 3, padding=1)]

@@ -18,11 +18,12 @@ from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
 from genlab.config import TrainConfig, flatten, to_json
 from genlab.data import splits
+from genlab.errors import GenlabError
 from genlab.images import save_curves
 from genlab.metrics import fid
 from genlab.paths import Paths, atomic_write
 from genlab.randomness import derive_seed
-from genlab.training import Trainable
+from genlab.training import Trainable, checkpoint_run_id, final_state
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,9 @@ class Data:
 
 
 def load_data(ctx: Context) -> Data:
-    root = ctx.paths.prepared
-    manifest = splits.read_manifest(root)
-    return Data(*(splits.read(root, name) for name in splits.SPLITS), manifest=manifest)
+    """Every split, checked against the manifest and its content hash (`splits.read_all`)."""
+    data, manifest = splits.read_all(ctx.paths.prepared)
+    return Data(*(data[name] for name in splits.SPLITS), manifest=manifest)
 
 
 def fingerprint(stage: str, cfg: BaseModel, seed: int, data_hash: str, *extra: str) -> str:
@@ -57,9 +58,15 @@ def fingerprint(stage: str, cfg: BaseModel, seed: int, data_hash: str, *extra: s
     return hashlib.sha256("|".join([stage, to_json(cfg), str(seed), data_hash, *extra]).encode()).hexdigest()
 
 
-def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str):  # noqa: ANN201 (context manager)
+def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa: ANN201 (context manager)
+              resume: tuple[tuple[Path, str], ...] = ()):
+    """The stage's MLflow run. `resume`: (checkpoint, fingerprint) pairs of the stage's training runs; when one
+    of them is resumed, the stage continues the MLflow run its checkpoint records instead of opening a new one."""
+    # every checkpoint is read (a damaged or unsafe one is refused) before the MLflow run opens
+    run_id = next((r for r in [checkpoint_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
-                                                      **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash})
+                                                      **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash},
+                              resume_run_id=run_id)
 
 
 def write_metrics(ctx: Context, stage: str, metrics: dict[str, Any]) -> None:
@@ -70,27 +77,43 @@ def save_training(out: Path, stage: str, cfg: BaseModel, trainable: Trainable, s
                   snapshot_config: dict[str, Any], fp: str) -> pd.DataFrame:
     """Snapshot (sampling weights), training state (resume), resolved config and loss curve into `out`."""
     save_snapshot(snapshot, out / "model.safetensors", snapshot_config)
-    save_train_state(trainable.state_dict(fp, cfg.batch_size), out / "train_state.pt")
-    (out / "config.json").write_text(to_json(cfg) + "\n")
+    save_train_state(final_state(trainable.state_dict(fp, cfg.batch_size)), out / "train_state.pt")
+    atomic_write(out / "config.json", to_json(cfg) + "\n")
     history = pd.DataFrame(trainable.history)
     save_curves(history, out / "loss.png", stage)
     return history
 
 
 def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path, history: pd.DataFrame,
-                    metrics: dict[str, Any]) -> None:
-    """After the outputs are in place: metrics JSON, loss-curve CSV (DVC plot), MLflow, drop the checkpoint."""
+                    metrics: dict[str, Any], trainable: Trainable) -> None:
+    """After the outputs are in place: metrics JSON (with the MLflow run and the training time, which stay out
+    of the model folder so that it is the same bytes in every run), loss-curve CSV (DVC plot), MLflow, and the
+    in-progress checkpoint dropped."""
     state = load_train_state(out / "train_state.pt")
-    metrics = {**metrics, "images_seen": state["images_seen"], "train_seconds": round(state["seconds"], 2)}
+    metrics = {**metrics, "images_seen": state["images_seen"], "train_seconds": round(trainable.seconds, 2),
+               "mlflow_run_id": run.run_id}
     write_metrics(ctx, stage, metrics)
     atomic_write(ctx.paths.plot(stage), history.to_csv(index=False))
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     for path in sorted(out.iterdir()):
         if path.name != "train_state.pt":  # resume state stays in DVC's cache, not in every MLflow run
             run.log_artifact(path, "outputs")
-    summary = {"run_id": run.run_id, "images_seen": metrics["images_seen"], "train_seconds": metrics["train_seconds"]}
-    (out / "training.json").write_text(json.dumps(summary) + "\n")
     ctx.paths.checkpoint(stage).unlink(missing_ok=True)
+
+
+def training_summary(ctx: Context, stage: str) -> dict[str, Any]:
+    """images_seen, train_seconds and mlflow_run_id of a finished training stage (its metrics file)."""
+    path = ctx.paths.metrics(stage)
+    if not path.is_file():
+        raise GenlabError(f"{path}: not found (run `genlab {stage}` first)")
+    try:
+        summary = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenlabError(f"{path}: not a JSON metrics file ({e}); re-run `genlab {stage}`") from None
+    missing = [k for k in ("images_seen", "train_seconds", "mlflow_run_id") if k not in summary]
+    if missing:
+        raise GenlabError(f"{path}: expected keys {missing} of a finished `genlab {stage}`; re-run it")
+    return summary
 
 
 class CheapFID:

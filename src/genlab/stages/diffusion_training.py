@@ -15,6 +15,7 @@ import hashlib
 
 import torch
 
+from genlab import inputs
 from genlab.config import DiffusionConfig
 from genlab.data import sources
 from genlab.diffusion.bound import nll_bound_bits_per_dim
@@ -25,8 +26,8 @@ from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
 from genlab.models.vae import reparameterize
 from genlab.paths import staged_dir
-from genlab.randomness import generator
-from genlab.sampling import load_vae, seeded_normal
+from genlab.randomness import generator, seeded
+from genlab.sampling import seeded_normal
 from genlab.stages.common import (
     CheapFID,
     Context,
@@ -39,7 +40,7 @@ from genlab.stages.common import (
     stage_run,
 )
 from genlab.stages.train_vae import encode
-from genlab.training import Trainable, learning_rate, train
+from genlab.training import Trainable, learning_rate, optimizer_step, train
 
 P_TEXT = 0.5  # class+text: the fraction of training images conditioned on a prompt rather than a label
 
@@ -91,11 +92,12 @@ class Conditioner:
 
 def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
     data: Data = load_data(ctx)
+    inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
     num_classes = data.manifest["num_classes"]
     extra: dict = {"space": space}
     if space == "latent":
         vae_dir = ctx.paths.model("vae")
-        vae, vae_cfg = load_vae(vae_dir, ctx.device)
+        vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
         scale = float(vae_cfg["latent_scale"])
         mean, logvar = encode(vae, data.train.images, ctx.device)
         t_mean, _ = encode(vae, data.test.images, ctx.device)
@@ -117,7 +119,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
             return data.train.images[idx]
         shape = list(data.train.images.shape[1:])
     network = unet_network(cfg, shape[0], num_classes)
-    unet = UNet(**network).to(ctx.device)
+    with seeded(ctx.seed, stage, "init"):
+        unet = UNet(**network).to(ctx.device)
     ema = ema_copy(unet)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
@@ -135,10 +138,7 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         x0 = x0_batch(idx, g).to(ctx.device)
         model = cond.model(unet, y_all[idx], g, cfg.p_uncond)
         loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
+        optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0)
         images = trainable.step * cfg.batch_size
         ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss": loss.item()}
@@ -155,10 +155,11 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         return (vae.decode(x) if space == "latent" else x).clamp(-1, 1).cpu()
 
     fp = fingerprint(stage, cfg, ctx.seed, data.hash, vae_hash)
-    with stage_run(ctx, stage, cfg, data.hash) as mlrun:
+    ckpt = ctx.paths.checkpoint(stage)
+    with stage_run(ctx, stage, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
-        train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(stage),
-              fingerprint=fp, on_log=logger(mlrun, cheap))
+        train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ckpt, fingerprint=fp,
+              on_log=logger(mlrun, cheap), run_id=mlrun.run_id)
         metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
                    "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
@@ -167,7 +168,7 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         out_dir = ctx.paths.model(name)
         with staged_dir(out_dir) as out:
             history = save_training(out, stage, cfg, trainable, ema, snapshot_cfg, fp)
-        finish_training(ctx, stage, mlrun, out_dir, history, metrics)
+        finish_training(ctx, stage, mlrun, out_dir, history, metrics, trainable)
     return metrics
 
 

@@ -20,14 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genlab import html_report
+from genlab import html_report, inputs
 from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
 from genlab.data import shapes, sources
+from genlab.errors import GenlabError
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
-from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
+from genlab.stages.common import Context, Data, load_data, stage_run, training_summary, write_metrics
 from genlab.stages.reference_stats import extractor_for, reference_path
 from genlab.stages.sample import diffusion_settings, read_samples
 from genlab.tracking import StageRun, promote_if_better
@@ -46,14 +47,14 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
-        s = read_samples(ctx, family)
+        s = read_samples(ctx, family, data.manifest)
         log.info("scoring %s (%d samples)", family, len(s["images"]))
         m = score_against(s["images"], ref, extractor, **common)
         m["fid_ratio"] = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("nan")
         m["n"] = len(s["images"])
-        training = json.loads((ctx.paths.model(family) / "training.json").read_text())
+        training = training_summary(ctx, f"train_{family}")
         m.update(images_seen=training["images_seen"], train_seconds=training["train_seconds"],
-                 train_run_id=training["run_id"])
+                 train_run_id=training["mlflow_run_id"])
         if (s["labels"] >= 0).all():
             m.update(accuracies(evaluator, s["images"], s["labels"], data.manifest))
             if cfg.per_class_fid:
@@ -102,7 +103,8 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
 
 def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, DiffusionConfig], results: dict,
                          protocol: dict, source: str) -> dict:
-    """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule."""
+    """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule.
+    A version with the same content (weights, configs, settings) is reused, not registered again."""
     decisions = {}
     with tempfile.TemporaryDirectory() as tmp:
         for family in FAMILIES:
@@ -122,10 +124,11 @@ def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, Dif
 
 def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
     data = load_data(ctx)
-    evaluator = ctx.paths.model("evaluator") / "model.safetensors"
+    evaluator = inputs.evaluator(ctx.paths, data.manifest)
     extractor = extractor_for(cfg, ctx)
     # stale statistics (other data or extractor) stop here with a one-line error naming the file
     ref = load_reference(reference_path(ctx), expected_key=reference_key(data.hash, extractor))
+    check_inputs(ctx, data, extractor.tier)
     protocol = {"data_hash": data.hash, "feature_extractor": extractor.label, "fid_tier": extractor.tier,
                 "reference": "train", "reference_key": ref.key, "n_reference": str(ref.n),
                 "n_samples": str(len(data.test))}
@@ -163,6 +166,21 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
         mlrun.log_dict(metrics, "evaluate.json")
     write_metrics(ctx, STAGE, metrics)
     return metrics
+
+
+def check_inputs(ctx: Context, data: Data, tier: str) -> None:
+    """What else `evaluate` reads, checked before its MLflow run opens: each family's samples (against the data),
+    training summary and snapshot (registered), the samples' manifest and, in the offline tier, the sweep."""
+    for family in FAMILIES:
+        read_samples(ctx, family, data.manifest)
+        training_summary(ctx, f"train_{family}")
+    inputs.snapshots(ctx.paths, FAMILIES)
+    needed = {ctx.paths.samples / "manifest.json": "sample"}
+    if tier == "offline":
+        needed[ctx.paths.root / "reports" / "guidance" / "sweep.json"] = "guidance_sweep"
+    for path, stage in needed.items():
+        if not path.is_file():
+            raise GenlabError(f"{path}: not found (run `genlab {stage}` first)")
 
 
 def sample_seed(ctx: Context) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from genlab import inputs
 from genlab.config import EvaluateConfig, LDMConfig, SampleConfig
 from genlab.data.sources import label_attributes
 from genlab.images import save_grid, save_tradeoff
@@ -44,7 +45,7 @@ def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Pat
 
 def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> dict:
     data = load_data(ctx)
-    evaluator = ctx.paths.model("evaluator") / "model.safetensors"
+    evaluator = inputs.evaluator(ctx.paths, data.manifest)
     k = data.manifest["num_classes"]
     labels = torch.arange(k).repeat_interleave(cfg.n_per_class)
     seeds = image_seeds(cfg.seed, "ldm", len(labels))
@@ -83,5 +84,5 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> 
     metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], **diffusion_settings(ldm),
                "n": len(labels)}
     write_metrics(ctx, STAGE, metrics)
-    (ctx.paths.root / "reports" / "guidance" / "sweep.json").write_text(json.dumps(metrics, indent=2))
+    atomic_write(ctx.paths.root / "reports" / "guidance" / "sweep.json", json.dumps(metrics, indent=2))
     return metrics

@@ -8,7 +8,7 @@ from sklearn.model_selection import train_test_split
 from genlab.config import DataConfig, to_json
 from genlab.data import shapes, sources, splits
 from genlab.images import save_grid
-from genlab.paths import staged_dir
+from genlab.paths import atomic_write, staged_dir
 from genlab.stages.common import Context, stage_run, write_metrics
 
 STAGE = "prepare"
@@ -39,7 +39,7 @@ def run(cfg: DataConfig, ctx: Context) -> dict:
              "held_out_from_training": held_out}
     with staged_dir(ctx.paths.prepared) as out:
         manifest = splits.write(data, out, extra)
-        (out / "config.json").write_text(to_json(cfg) + "\n")
+        atomic_write(out / "config.json", to_json(cfg) + "\n")
         save_grid(data["train"].images[:100], out / "examples.png", nrow=10)
     metrics = {"data_hash": manifest["content_hash"], **{f"n_{k}": v for k, v in manifest["counts"].items()}}
     with stage_run(ctx, STAGE, cfg, manifest["content_hash"]) as run:

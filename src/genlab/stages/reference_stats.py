@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from genlab import inputs
 from genlab.config import EvaluateConfig
 from genlab.metrics import fid
 from genlab.metrics.reference import compute_reference, reference_key, save_reference
@@ -31,6 +32,8 @@ def extractor_for(cfg: EvaluateConfig, ctx: Context) -> fid.Extractor:
 
 def run(cfg: EvaluateConfig, ctx: Context) -> dict:
     data = load_data(ctx)
+    if cfg.feature_extractor_weights_path is None:  # offline tier: the evaluator's features
+        inputs.evaluator(ctx.paths, data.manifest)
     extractor = extractor_for(cfg, ctx)
     key = reference_key(data.hash, extractor)
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:

@@ -13,13 +13,14 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
+from genlab.checkpoint import read_safetensors
 from genlab.config import DiffusionConfig, LDMConfig, PixelConfig, SampleConfig
-from genlab.data.splits import read_manifest
+from genlab.data.splits import describe, read_manifest
 from genlab.errors import GenlabError
 from genlab.images import save_grid
-from genlab.paths import staged_dir
+from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DIFFUSION, FAMILIES, generate, image_seeds, load_sampler
 from genlab.stages.common import Context, stage_run, write_metrics
 
@@ -32,11 +33,33 @@ def diffusion_settings(cfg: DiffusionConfig) -> dict:
     return {"guidance_scale": cfg.guidance_scale, "steps": cfg.sample_steps, "eta": cfg.eta, "sampler": cfg.sampler}
 
 
-def read_samples(ctx: Context, family: str) -> dict[str, torch.Tensor]:
+def read_samples(ctx: Context, family: str, manifest: dict | None = None) -> dict[str, torch.Tensor]:
+    """A family's samples, checked against the prepared data (`manifest`, read if not given): images (N, C, S, S)
+    float32 of the data's image shape, finite; labels (N,) int64, -1 (unconditional) or a class; seeds (N,) int64.
+    Anything else is refused with one line naming the file and the tensor."""
+    manifest = read_manifest(ctx.paths.prepared) if manifest is None else manifest
     path = ctx.paths.samples / f"{family}.safetensors"
-    if not path.is_file():
-        raise GenlabError(f"{path}: not found (run `genlab sample` first)")
-    return load_file(str(path))
+    t, _ = read_safetensors(path, "samples", STAGE)
+    for key in ("images", "labels", "seeds"):
+        if key not in t:
+            raise GenlabError(f"{path}: no tensor {key!r} (expected images, labels, seeds); rerun `genlab {STAGE}`")
+    images, k = t["images"], manifest["num_classes"]
+    n = images.shape[0] if images.dim() else 0
+    shape = (n, *manifest["image_shape"])
+    why = {"images": f"the prepared data's image_shape {manifest['image_shape']}", "labels": "one per image",
+           "seeds": "one per image"}
+    expected = {"images": (torch.float32, shape), "labels": (torch.int64, (n,)), "seeds": (torch.int64, (n,))}
+    for key, (dtype, want) in expected.items():
+        if t[key].dtype != dtype or tuple(t[key].shape) != want:
+            raise GenlabError(f"{path}: {key}: expected {describe(dtype, want)} ({why[key]}), got "
+                              f"{describe(t[key].dtype, t[key].shape)}; rerun `genlab {STAGE}`")
+    if n < 2 or not bool(images.isfinite().all()):
+        raise GenlabError(f"{path}: images: expected at least 2 images, all finite; rerun `genlab {STAGE}`")
+    labels = t["labels"]
+    if not (bool((labels == -1).all()) or bool(((labels >= 0) & (labels < k)).all())):
+        raise GenlabError(f"{path}: labels: expected all -1 (unconditional) or all in [0, {k}), got "
+                          f"[{int(labels.min())}, {int(labels.max())}]; rerun `genlab {STAGE}`")
+    return t
 
 
 def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: SampleConfig, kwargs: dict,
@@ -46,7 +69,7 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
     seeds = image_seeds(cfg.seed, family, len(labels))
     images = generate(sampler, labels, seeds, cfg.batch_size, **kwargs)
     fam_labels = labels if sampler.conditional else torch.full_like(labels, -1)
-    (out / f"{family}.safetensors").write_bytes(save({
+    atomic_write(out / f"{family}.safetensors", save({
         "images": images.contiguous(), "labels": fam_labels.contiguous(),
         "seeds": torch.tensor(seeds, dtype=torch.int64)}))
     # grid: one row per class with its first 10 images
@@ -62,14 +85,17 @@ def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> 
     manifest = read_manifest(ctx.paths.prepared)
     labels = torch.arange(manifest["num_classes"]).repeat_interleave(cfg.n_per_class)
     dirs = {f: ctx.paths.model(f) for f in FAMILIES}
+    # every snapshot is loaded (and a missing or damaged one refused) before the run opens or anything is sampled
+    samplers = {family: load_sampler(family, dirs, ctx.device) for family in FAMILIES}
     summary: dict[str, dict] = {}
     with stage_run(ctx, STAGE, cfg, manifest["content_hash"]) as mlrun:
         with staged_dir(ctx.paths.samples) as out:
-            for family in FAMILIES:
-                sampler = load_sampler(family, dirs, ctx.device)
+            for family, sampler in samplers.items():
                 kwargs = diffusion_settings({"ldm": ldm, "pixel": pixel}[family]) if family in DIFFUSION else {}
                 summary[family] = sample_family(family, sampler, labels, cfg, kwargs, out, cfg.n_per_class)
-            (out / "manifest.json").write_text(json.dumps({"base_seed": cfg.seed, "families": summary}, indent=2))
+            # timings go to metrics/sample.json, not into the output: same params, same bytes
+            families = {f: {k: v for k, v in s.items() if k != "seconds"} for f, s in summary.items()}
+            atomic_write(out / "manifest.json", json.dumps({"base_seed": cfg.seed, "families": families}, indent=2))
         metrics = {**{f"{f}_seconds": s["seconds"] for f, s in summary.items()}, "n_per_family": len(labels)}
         mlrun.log_metrics(metrics)
         for f in FAMILIES:

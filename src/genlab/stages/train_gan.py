@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from genlab import inputs
 from genlab.config import GANConfig
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, r1_penalty
 from genlab.paths import staged_dir
+from genlab.randomness import seeded
 from genlab.sampling import seeded_normal
 from genlab.stages.common import (
     CheapFID,
@@ -19,18 +21,20 @@ from genlab.stages.common import (
     save_training,
     stage_run,
 )
-from genlab.training import Trainable, train
+from genlab.training import Trainable, optimizer_step, train
 
 STAGE = "train_gan"
 
 
 def run(cfg: GANConfig, ctx: Context) -> dict:
     data = load_data(ctx)
+    inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
     k = data.manifest["num_classes"]
     g_net = {"z_dim": cfg.z_dim, "num_classes": k, "base": cfg.base_channels, "image_size": s, "channels": c}
-    G = Generator(**g_net).to(ctx.device)
-    D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=s, channels=c).to(ctx.device)
+    with seeded(ctx.seed, STAGE, "init"):
+        G = Generator(**g_net).to(ctx.device)
+        D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=s, channels=c).to(ctx.device)
     G_ema = ema_copy(G)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
@@ -49,13 +53,9 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         loss_d = d_hinge_loss(real_scores, fake_scores)
         r1 = r1_penalty(real_scores, x) if cfg.r1_gamma > 0 else torch.zeros((), device=ctx.device)
         loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
+        optimizer_step(D, opt_d, loss_d, loss_name="loss_d", module_name="D")
         loss_g = g_hinge_loss(D(fake, y_fake))
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+        optimizer_step(G, opt_g, loss_g, loss_name="loss_g", module_name="G")
         ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "d_real": real_scores.mean().item(),
                 "d_fake": fake_scores.mean().item(), "r1": r1.item()}
@@ -66,14 +66,15 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         return G_ema(seeded_normal(seeds, (cfg.z_dim,), "z").to(ctx.device), labels.to(ctx.device)).cpu()
 
     fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
-    with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
+    ckpt = ctx.paths.checkpoint(STAGE)
+    with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ctx.paths.checkpoint(STAGE), fingerprint=fp, on_log=logger(mlrun, cheap))
+              ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun, cheap), run_id=mlrun.run_id)
         last = trainable.history[-1]
         metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"]}
         out_dir = ctx.paths.model("gan")
         with staged_dir(out_dir) as out:
             history = save_training(out, STAGE, cfg, trainable, G_ema, {"network": g_net, "image_size": s}, fp)
-        finish_training(ctx, STAGE, mlrun, out_dir, history, metrics)
+        finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)
     return metrics

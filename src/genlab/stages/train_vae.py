@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
+from genlab import inputs
 from genlab import latent_tools as lt
 from genlab.config import VAEConfig
 from genlab.images import save_grid
 from genlab.metrics import fid
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
-from genlab.paths import staged_dir
-from genlab.randomness import generator
+from genlab.paths import atomic_write, staged_dir
+from genlab.randomness import generator, seeded
 from genlab.stages.common import (
     Context,
     Data,
@@ -33,7 +34,7 @@ from genlab.stages.common import (
     stage_run,
 )
 from genlab.tracking import StageRun
-from genlab.training import Trainable, train
+from genlab.training import Trainable, optimizer_step, train
 
 STAGE = "train_vae"
 
@@ -68,7 +69,8 @@ def latent_scale(mean: torch.Tensor, logvar: torch.Tensor, seed: int) -> float:
 def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
     """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean)."""
     key = f"{STAGE}.ae" if plain else STAGE
-    vae = VAE(**network).to(ctx.device)
+    with seeded(ctx.seed, key, "init"):
+        vae = VAE(**network).to(ctx.device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
     x_all = data.train.images
@@ -81,15 +83,13 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
         z = mean if plain else reparameterize(mean, logvar, torch.randn(mean.shape, generator=g).to(ctx.device))
         beta = 0.0 if plain else beta_at(cfg, trainable.step * cfg.batch_size)
         loss, recon, kl = vae_loss(x, vae.decode(z), mean, logvar, beta, cfg.recon_sigma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimizer_step(vae, opt, loss, loss_name="loss", module_name="ae" if plain else "vae")
         return {"loss": loss.item(), "recon": recon.item(), "kl": kl.item(), "beta": beta}
 
     prefix = "ae_" if plain else ""
     train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
           fingerprint=fingerprint(key, cfg, ctx.seed, data.hash),
-          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {})
+          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {}, run_id=mlrun.run_id)
     return trainable
 
 
@@ -130,11 +130,13 @@ def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_me
 def run(cfg: VAEConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    evaluator = ctx.paths.model("evaluator") / "model.safetensors"
+    evaluator = inputs.evaluator(ctx.paths, data.manifest)  # checked before any training
     network = {"in_channels": c, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
                "downsample": cfg.downsample}
     n_eval = len(data.test)
-    with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
+    keys = (STAGE, f"{STAGE}.ae")
+    resume = tuple((ctx.paths.checkpoint(k), fingerprint(k, cfg, ctx.seed, data.hash)) for k in keys)
+    with stage_run(ctx, STAGE, cfg, data.hash, resume=resume) as mlrun:
         trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
         vae = trainable.modules["vae"]
         mean, logvar = encode(vae, data.train.images, ctx.device)
@@ -156,7 +158,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
         with staged_dir(out_dir) as out:
             history = save_training(out, STAGE, cfg, trainable, vae, snapshot_cfg, fingerprint(STAGE, cfg, ctx.seed,
                                                                                                  data.hash))
-            (out / "latent_scale.json").write_text(json.dumps({"latent_scale": scale,
+            atomic_write(out / "latent_scale.json", json.dumps({"latent_scale": scale,
                                                                "latent_shape": latent_shape}) + "\n")
             pairs = torch.stack([data.test.images[:50], test_rec[:50]], 1).flatten(0, 1)
             save_grid(pairs, out / "reconstructions.png", nrow=10)
@@ -174,6 +176,6 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
                 metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, evaluator, ctx).items()})
                 save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
                 save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)
-        finish_training(ctx, STAGE, mlrun, out_dir, history, metrics)
+        finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)
         ctx.paths.checkpoint(f"{STAGE}.ae").unlink(missing_ok=True)
     return metrics
