@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from genlab.errors import StorageError
+from genlab.errors import GenlabError, StorageError
 
 
 @dataclass(frozen=True)
@@ -126,3 +127,20 @@ def staged_dir(final: Path) -> Iterator[Path]:
     tmp.rename(final)
     fsync_dir(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def read_json(path: Path, keys: tuple[str, ...], stage: str) -> dict:
+    """A JSON object that stage `stage` wrote, with at least `keys`; anything else is refused with one line
+    naming the file (and the missing keys) and the stage to re-run."""
+    if not path.is_file():
+        raise GenlabError(f"{path}: not found (run `genlab {stage}` first)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise GenlabError(f"{path}: not valid JSON ({e}); rerun `genlab {stage}`") from None
+    if not isinstance(data, dict):
+        raise GenlabError(f"{path}: expected a JSON object; rerun `genlab {stage}`")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise GenlabError(f"{path}: missing key(s) {', '.join(missing)}; rerun `genlab {stage}`")
+    return data

@@ -12,7 +12,7 @@ from safetensors.torch import save
 
 from genlab.checkpoint import read_safetensors
 from genlab.errors import GenlabError
-from genlab.paths import atomic_write
+from genlab.paths import atomic_write, read_json
 
 SPLITS = ("train", "val", "test")
 MANIFEST_KEYS = ("source", "num_classes", "attributes", "content_hash", "image_shape", "counts")
@@ -60,17 +60,7 @@ def read_manifest(root: Path) -> dict:
     """The manifest `write` wrote; one that is missing, not JSON, or lacks a key or has one of the wrong form is
     refused with one line naming the file and the key."""
     path = root / "manifest.json"
-    if not path.is_file():
-        raise GenlabError(f"{path}: not found (run `genlab prepare` first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenlabError(f"{path}: not valid JSON ({e}); rerun `genlab prepare`") from None
-    if not isinstance(manifest, dict):
-        raise GenlabError(f"{path}: expected a JSON object; rerun `genlab prepare`")
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
-    if missing:
-        raise GenlabError(f"{path}: missing key(s) {', '.join(missing)}; rerun `genlab prepare`")
+    manifest = read_json(path, tuple(MANIFEST_KEYS), "prepare")
 
     def ints(value: object, n: int | None = None, minimum: int = 1) -> bool:
         items = value if isinstance(value, list) else []

@@ -18,10 +18,9 @@ from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
 from genlab.config import TrainConfig, flatten, to_json
 from genlab.data import splits
-from genlab.errors import GenlabError
 from genlab.images import save_curves
 from genlab.metrics import fid
-from genlab.paths import Paths, atomic_write
+from genlab.paths import Paths, atomic_write, read_json
 from genlab.randomness import derive_seed
 from genlab.training import Trainable, checkpoint_run_id, final_state
 
@@ -103,17 +102,7 @@ def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path,
 
 def training_summary(ctx: Context, stage: str) -> dict[str, Any]:
     """images_seen, train_seconds and mlflow_run_id of a finished training stage (its metrics file)."""
-    path = ctx.paths.metrics(stage)
-    if not path.is_file():
-        raise GenlabError(f"{path}: not found (run `genlab {stage}` first)")
-    try:
-        summary = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise GenlabError(f"{path}: not a JSON metrics file ({e}); re-run `genlab {stage}`") from None
-    missing = [k for k in ("images_seen", "train_seconds", "mlflow_run_id") if k not in summary]
-    if missing:
-        raise GenlabError(f"{path}: expected keys {missing} of a finished `genlab {stage}`; re-run it")
-    return summary
+    return read_json(ctx.paths.metrics(stage), ("images_seen", "train_seconds", "mlflow_run_id"), stage)
 
 
 class CheapFID:
