@@ -28,7 +28,20 @@ def save_snapshot(module: torch.nn.Module, path: Path, config: dict[str, Any] | 
     """Weights (contiguous CPU tensors) with the config that rebuilds the network in the header."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
     metadata = {"config": json.dumps(config or {}, sort_keys=True)}
-    atomic_write(path, save(state, metadata=metadata))
+    atomic_write(path, safetensors_bytes(state, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """`safetensors.torch.save` with the header metadata in sorted key order: safetensors writes it from a hash
+    map, in an order that changes from process to process, so equal content would not give equal bytes."""
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the tensor data stays 8-byte aligned, as safetensors writes it
+    return len(text).to_bytes(8, "little") + text + data[8 + n :]
 
 
 def rerun(stage: str | None, first: bool = False) -> str:

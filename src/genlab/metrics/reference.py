@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import safe_open, save
+from safetensors.torch import safe_open
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import prc_features_to_metric
 
-from genlab.checkpoint import first_line, read_safetensors
+from genlab.checkpoint import first_line, read_safetensors, safetensors_bytes
 from genlab.errors import GenlabError
 from genlab.metrics.fid import Extractor, extract_features, relabel
 from genlab.paths import atomic_write
@@ -74,7 +74,7 @@ def save_reference(stats: ReferenceStats, path: Path) -> None:
     # where the project lives
     extractor = {**asdict(stats.extractor), "weights_path": Path(stats.extractor.weights_path).name}
     metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(extractor, sort_keys=True)}
-    atomic_write(Path(path), save(tensors, metadata=metadata))
+    atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
 def _header(path: Path) -> dict[str, str]:
