@@ -10,7 +10,6 @@ it beats the current champion on the same protocol (data hash and extractor).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -23,9 +22,9 @@ import torch
 from genlab import html_report, inputs
 from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
 from genlab.data import shapes, sources
-from genlab.errors import GenlabError
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
+from genlab.paths import read_json
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
 from genlab.stages.common import Context, Data, load_data, stage_run, training_summary, write_metrics
@@ -38,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extractor, ref: ReferenceStats,
-          evaluator: Path) -> dict[str, dict]:
+          evaluator: Path, samples: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict]:
     """Every family and the data floor against the cached reference, one protocol for all."""
     cuda = ctx.device.type == "cuda"
     common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
@@ -47,7 +46,7 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
-        s = read_samples(ctx, family, data.manifest)
+        s = samples[family]
         log.info("scoring %s (%d samples)", family, len(s["images"]))
         m = score_against(s["images"], ref, extractor, **common)
         m["fid_ratio"] = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("nan")
@@ -75,7 +74,7 @@ def prompt_row(ctx: Context, ldm: LDMConfig, floor_fid: float, tier: str) -> dic
     when the default scale is not in the sweep."""
     if tier != "offline":
         return {}
-    sweep = json.loads((ctx.paths.root / "reports" / "guidance" / "sweep.json").read_text())
+    sweep = read_json(sweep_path(ctx), ("rows", "n"), "guidance_sweep")
     if not any("prompt_fid" in r for r in sweep["rows"]):
         return {}
     row = next((r for r in sweep["rows"] if r["guidance_scale"] == ldm.guidance_scale), None)
@@ -102,7 +101,7 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
 
 
 def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, DiffusionConfig], results: dict,
-                         protocol: dict, source: str) -> dict:
+                         protocol: dict, source: str, samples: dict[str, dict[str, torch.Tensor]]) -> dict:
     """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule.
     A version with the same content (weights, configs, settings) is reused, not registered again."""
     decisions = {}
@@ -112,7 +111,7 @@ def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, Dif
             example = pd.DataFrame({"label": np.arange(2, dtype=np.int64), "seed": np.arange(2, dtype=np.int64)})
             if family in diffusion and diffusion[family].uses_text:
                 example["prompt"] = [sources.heldout_prompts(source, int(y))[0] for y in example["label"]]
-            images = read_samples(ctx, family)["images"][:2].numpy()
+            images = samples[family]["images"][:2].numpy()
             params = {"guidance_scale": settings["guidance_scale"], "sample_steps": settings["steps"]} \
                 if family in diffusion else None
             ref = mlrun.log_model(family, f"genlab-{family}", model_files(ctx, family, Path(tmp)), example,
@@ -128,13 +127,13 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
     extractor = extractor_for(cfg, ctx)
     # stale statistics (other data or extractor) stop here with a one-line error naming the file
     ref = load_reference(reference_path(ctx), expected_key=reference_key(data.hash, extractor))
-    check_inputs(ctx, data, extractor.tier)
+    samples = check_inputs(ctx, data, extractor.tier)
     protocol = {"data_hash": data.hash, "feature_extractor": extractor.label, "fid_tier": extractor.tier,
                 "reference": "train", "reference_key": ref.key, "n_reference": str(ref.n),
                 "n_samples": str(len(data.test))}
     note = f"FID tier: {extractor.note}."
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
-        results = score(cfg, ctx, data, extractor, ref, evaluator)
+        results = score(cfg, ctx, data, extractor, ref, evaluator, samples)
         results.update(prompt_row(ctx, ldm, results["data floor (test vs train)"]["fid"], extractor.tier))
         table = comparison_table(results)
         ctx.paths.reports.mkdir(parents=True, exist_ok=True)
@@ -154,7 +153,8 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
             mlrun.set_tags({f"genlab.{family}.sampler": settings["sampler"]})
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
-        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest["source"])
+        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest["source"],
+                                         samples)
         page = html_report.build(ctx.paths.root, table, note, protocol, decisions)
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": extractor.note, "protocol": protocol,
@@ -168,24 +168,27 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
     return metrics
 
 
-def check_inputs(ctx: Context, data: Data, tier: str) -> None:
+def check_inputs(ctx: Context, data: Data, tier: str) -> dict[str, dict[str, torch.Tensor]]:
     """What else `evaluate` reads, checked before its MLflow run opens: each family's samples (against the data),
-    training summary and snapshot (registered), the samples' manifest and, in the offline tier, the sweep."""
+    training summary and snapshot (registered), the samples' manifest and, in the offline tier, the sweep.
+    Returns the samples, read once for scoring and registration."""
+    samples = {family: read_samples(ctx, family, data.manifest) for family in FAMILIES}
     for family in FAMILIES:
-        read_samples(ctx, family, data.manifest)
         training_summary(ctx, f"train_{family}")
     inputs.snapshots(ctx.paths, FAMILIES)
-    needed = {ctx.paths.samples / "manifest.json": "sample"}
+    sample_seed(ctx)
     if tier == "offline":
-        needed[ctx.paths.root / "reports" / "guidance" / "sweep.json"] = "guidance_sweep"
-    for path, stage in needed.items():
-        if not path.is_file():
-            raise GenlabError(f"{path}: not found (run `genlab {stage}` first)")
+        read_json(sweep_path(ctx), ("rows", "n"), "guidance_sweep")
+    return samples
+
+
+def sweep_path(ctx: Context) -> Path:
+    return ctx.paths.root / "reports" / "guidance" / "sweep.json"
 
 
 def sample_seed(ctx: Context) -> int:
     """The base seed the sample stage used (each image's own seed is derived from it)."""
-    return int(json.loads((ctx.paths.samples / "manifest.json").read_text())["base_seed"])
+    return int(read_json(ctx.paths.samples / "manifest.json", ("base_seed",), "sample")["base_seed"])
 
 
 def accuracies(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, manifest: dict) -> dict[str, float]:
