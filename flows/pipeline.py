@@ -35,6 +35,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+from genlab.preflight import unreachable
 from genlab.tracking import parent_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,10 +122,9 @@ def free_port(preferred: int) -> int:
 
 def check_reachable(api_url: str, timeout: float = 5.0) -> None:
     """Any HTTP answer from `<api_url>/health` will do (auth is Prefect's business); no answer stops here."""
-    try:
-        httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        fail(f"PREFECT_API_URL {api_url} is unreachable ({type(exc).__name__}: {exc}); "
+    reason = unreachable(api_url, timeout)
+    if reason is not None:
+        fail(f"PREFECT_API_URL {api_url} is unreachable ({reason}); "
              "start that server, or unset PREFECT_API_URL to serve with a local one")
 
 

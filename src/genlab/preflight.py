@@ -56,18 +56,25 @@ def check_tracking(root: Path) -> str:
 
 
 def _check_server(uri: str) -> None:
-    """One GET <uri>/health, no retry: only a refused connection, a timeout or an unknown host fail."""
+    reason = unreachable(uri, PREFLIGHT_TIMEOUT_S)
+    if reason is not None:
+        raise GenlabError(f"MLflow tracking server {uri} is unreachable ({reason}): start it or set "
+                          "MLFLOW_TRACKING_URI")
+
+
+def unreachable(base_url: str, timeout: float) -> str | None:
+    """Why the server at `base_url` does not answer one GET `<base_url>/health` (no retry), or None when it
+    answers at all: any HTTP status, or TLS, counts (auth and certificates are the client's business). Used for
+    the MLflow tracking server and the Prefect API alike."""
     try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=PREFLIGHT_TIMEOUT_S)
+        requests.get(f"{base_url.rstrip('/')}/health", timeout=timeout)
     except requests.exceptions.SSLError:
-        return  # it answered, in TLS: reachable (MLflow reports certificate problems itself)
+        return None  # it answered, in TLS: reachable
     except requests.exceptions.Timeout:
-        reason = f"no answer within {PREFLIGHT_TIMEOUT_S:g} s"
+        return f"no answer within {timeout:g} s"
     except requests.exceptions.RequestException as exc:
-        reason = _root_reason(exc)
-    else:
-        return
-    raise GenlabError(f"MLflow tracking server {uri} is unreachable ({reason}): start it or set MLFLOW_TRACKING_URI")
+        return _root_reason(exc)
+    return None
 
 
 def _root_reason(exc: BaseException) -> str:
