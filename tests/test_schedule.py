@@ -45,6 +45,17 @@ def tail(log: Path, n: int = 40) -> str:
     return "\n".join(log.read_text().splitlines()[-n:])
 
 
+def wait_for_logs(client: SyncPrefectClient, run: FlowRun, last: str, deadline_s: float = 60) -> list[str]:
+    """The run's log messages once one starts with `last` (bounded). The flow's process sends its logs in
+    batches from a background worker, so a run can read Completed before its last lines are stored; CI saw it."""
+    start = time.monotonic()
+    while True:
+        logs = [e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+        if any(m.startswith(last) for m in logs) or time.monotonic() - start > deadline_s:
+            return logs
+        time.sleep(1)
+
+
 def wait_for_scheduled_run(client: SyncPrefectClient, serve: subprocess.Popen, log: Path, start: float) -> FlowRun:
     """The first flow run of the deployment that the schedule created, once it is final (bounded)."""
     deployment = DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT]))
@@ -104,7 +115,7 @@ def test_cron_schedule_triggers_a_completed_run(repro: tuple[Path, dict[str, str
         # it ran the pipeline on the test project (up to date: every stage re-checked, skipped by DVC)
         assert run.parameters == {"root": str(root)}
         assert any(m.startswith("stages (from dvc.yaml): prepare") for m in logs)
-        assert any(m.startswith("stage evaluate ") for m in logs)
+        assert any(m.startswith("stage evaluate ") for m in logs), [m.split("\n")[0] for m in logs]
         assert len(artifacts) == 1 and artifacts[0].type == "table"
         assert {"ldm", "gan"} <= {row["family"] for row in json.loads(artifacts[0].data)}
         mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
