@@ -174,7 +174,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
         shape = list(train.images.shape[1:])
 
     torch.manual_seed(bench.params.seed)
-    network = unet_network(cfg, shape[0], bench.num_classes)
+    network = unet_network(cfg, shape[0], bench.num_classes, shape[-1])
     unet = UNet(**network).to(device)
     ema = ema_copy(unet)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)

@@ -75,13 +75,11 @@ def sh(cmd: list[str], cwd: Path, env: dict[str, str], check: bool = True) -> su
     return proc
 
 
-@pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A git + DVC copy of the project with the tiny params, and its hermetic environment."""
-    tmp = tmp_path_factory.mktemp("genlab")
+def make_project(tmp: Path, params: dict) -> tuple[Path, dict[str, str]]:
+    """A git + DVC copy of the project under `tmp` with `params` as params.yaml, and its hermetic environment."""
     root = tmp / "project"
-    root.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", "flows", "src", "data/README.md", ".gitignore"):
+    root.mkdir(parents=True)
+    for name in ("dvc.yaml", ".dvcignore", "flows", "src", "data/README.md", "data/raw/README.md", ".gitignore"):
         src = REPO / name
         dst = root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -92,12 +90,18 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     (root / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
     shutil.copy2(REPO / ".dvc" / ".gitignore", root / ".dvc" / ".gitignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = hermetic_env(tmp)
     sh(["git", "init", "-q", "-b", "main"], root, env)
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-q", "-m", "tiny genlab project"], root, env)
     return root, env
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A git + DVC copy of the project with the tiny params, and its hermetic environment."""
+    return make_project(tmp_path_factory.mktemp("genlab"), tiny_params())
 
 
 @pytest.fixture(scope="session")

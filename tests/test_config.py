@@ -31,7 +31,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (ev.train_images, ev.batch_size, ev.lr, ev.width) == (40000, 64, 1e-3, 32)
     assert (ev.log_every_images, ev.checkpoint_every_images) == (2048, 20000)
     v = p.vae
-    assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (80000, 32, 4, 1)
+    assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (80000, 32, 4, None)  # follows size
     assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.05, True)
     m = p.ldm
     assert (m.train_images, m.batch_size, m.lr, m.lr_schedule, m.base_channels) == (240000, 64, 5e-4, "constant", 48)

@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 from genlab.checkpoint import save_snapshot
-from genlab.images import to_uint8
+from genlab.data.store import to_uint8
 from genlab.metrics.fid import ImageSet, class_accuracy, compute
 from genlab.models.evaluator import Evaluator
 

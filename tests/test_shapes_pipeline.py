@@ -84,8 +84,8 @@ def test_registered_text_ldm_takes_an_optional_prompt_column(shapes_run: Path) -
     inp = pd.DataFrame({"label": s["labels"][pick].numpy(), "seed": s["seeds"][pick].numpy()})
     # no prompt: the held-out phrasing chosen by each image's seed, so the sample stage's images come back
     np.testing.assert_allclose(model.predict(inp), s["images"][pick].numpy(), atol=1e-4)
-    chosen = [sources.heldout_prompts("shapes", int(y))[int(sd) % len(sources.heldout_prompts("shapes", int(y)))]
-              for y, sd in zip(inp["label"], inp["seed"], strict=True)]
+    held = [sources.heldout_prompts("shapes", int(y), []) for y in inp["label"]]
+    chosen = [h[int(sd) % len(h)] for h, sd in zip(held, inp["seed"], strict=True)]
     np.testing.assert_allclose(model.predict(inp.assign(prompt=chosen)), s["images"][pick].numpy(), atol=1e-4)
     # another prompt for the same (label, seed) is another image
     other = model.predict(inp.assign(prompt=["a big blue circle at the top left"] * 3))

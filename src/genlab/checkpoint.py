@@ -50,10 +50,11 @@ def rerun(stage: str | None, first: bool = False) -> str:
     return f"run {cmd} first" if first else f"rerun {cmd}"
 
 
-def read_safetensors(path: Path, what: str, stage: str | None = None) -> tuple[dict[str, torch.Tensor],
-                                                                               dict[str, str]]:
-    """The tensors and header metadata of a safetensors file. A missing, empty, truncated or corrupt file is
-    refused with one line naming it, `what` it should be and the stage (`genlab <stage>`) that writes it."""
+def read_safetensors(path: Path, what: str, stage: str | None = None, keys: tuple[str, ...] | None = None
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (only those of `keys` that exist, if given) and header metadata of a safetensors file. A
+    missing, empty, truncated or corrupt file is refused with one line naming it, `what` it should be and the
+    stage (`genlab <stage>`) that writes it. safe_open checks the whole file's layout, loaded tensors or not."""
     path = Path(path)
     if not path.is_file():
         raise GenlabError(f"{path}: {what} not found ({rerun(stage, first=True)})")
@@ -62,7 +63,7 @@ def read_safetensors(path: Path, what: str, stage: str | None = None) -> tuple[d
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+            tensors = {k: f.get_tensor(k) for k in f.keys() if keys is None or k in keys}  # noqa: SIM118
     except Exception as e:  # noqa: BLE001 (SafetensorError for a damaged file; others for bytes of another format)
         raise GenlabError(f"{path}: unreadable {what} ({first_line(e)}): truncated or corrupt; {rerun(stage)}") \
             from None

@@ -1,4 +1,5 @@
-"""`genlab <stage>` (what dvc.yaml runs) and `genlab compare`. Thin: parse, validate, call."""
+"""`genlab <stage>` (what dvc.yaml runs), `genlab compare`, `genlab preset` and `genlab synth`. Thin: parse,
+validate, call."""
 
 from __future__ import annotations
 
@@ -50,9 +51,24 @@ def run_compare(args: argparse.Namespace) -> None:
     print(render(df, args.format))
 
 
+def run_preset(args: argparse.Namespace) -> None:
+    from genlab.preset import apply
+
+    print(apply(args.name, args.params))
+
+
+def run_synth(args: argparse.Namespace) -> None:
+    from genlab.data import synthetic
+
+    synthetic.write(args.format, args.out, args.count, args.size, args.seed, args.classes)
+    print(f"wrote {args.count} synthetic {args.format} images to {args.out}")
+
+
 def parser() -> argparse.ArgumentParser:
+    from genlab.preset import PRESETS  # no torch: `genlab <stage>` imports it after its checks
+
     p = argparse.ArgumentParser(prog="genlab", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{stage,compare}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{stage,compare,preset,synth}")
     for stage in STAGES:
         s = sub.add_parser(stage, help=f"run the {stage} stage")
         s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
@@ -65,6 +81,16 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--descending", action="store_true", help="sort descending")
     c.add_argument("--limit", type=int, help="at most this many rows")
     c.add_argument("--format", choices=("markdown", "csv"), default="markdown")
+    s = sub.add_parser("preset", help="switch params.yaml to a preset's whole params set (presets/NAME.yaml)")
+    s.add_argument("name", choices=PRESETS)
+    s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    s = sub.add_parser("synth", help="write a synthetic data set in one of the formats genlab reads")
+    s.add_argument("format", help="image_folder | image_folder_flat | mnist | cifar10 | npz")
+    s.add_argument("out", type=Path, help="directory to write (npz: DIR/data.npz)")
+    s.add_argument("--count", type=int, default=1000, help="images (default: %(default)s)")
+    s.add_argument("--size", type=int, default=64, help="image side, image_folder and npz (default: %(default)s)")
+    s.add_argument("--classes", type=int, default=10, help="classes, image_folder and npz (default: %(default)s)")
+    s.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -75,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             run_compare(args)
+        elif args.command in ("preset", "synth"):
+            {"preset": run_preset, "synth": run_synth}[args.command](args)
         else:
             run_stage(args.command, args.params)
     except GenlabError as exc:

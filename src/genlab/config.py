@@ -22,18 +22,29 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
-    source: Literal["digits", "shapes"] = "digits"  # digits: scikit-learn's, shipped; shapes: procedural, captioned
+    # digits: scikit-learn's, shipped; shapes: procedural, captioned; the user's files (data.path):
+    # image_folder (one sub-folder per class, or flat: unlabelled), mnist (IDX files), cifar10 (binary version),
+    # npz (arrays `images`, optional `labels`, `class_names`)
+    source: Literal["digits", "shapes", "image_folder", "mnist", "cifar10", "npz"] = "digits"
+    path: str | None = None  # the user's files (relative to the project root, e.g. data/raw/mnist); built-ins: null
+    channels: Literal[1, 3] | None = None  # grey or RGB; null: the source's own (digits, mnist: 1; others: 3)
+    on_bad_file: Literal["skip", "error"] = "skip"  # an unreadable file in a folder: skipped and counted, or refused
     shapes_count: int = Field(6000, ge=100)  # shapes only: how many images to generate
     # shapes only: attribute combinations kept out of train/val (they appear in test and in prompts only)
     holdout: tuple[dict[str, str], ...] = ({"colour": "red", "shape": "triangle"},)
-    image_size: int = Field(16, ge=8, le=64)  # digits are 8x8; bilinear-resized to this (power of two)
+    # every source: centre-cropped to a square, then resized to this with PIL's antialiased bilinear filter
+    image_size: int = Field(16, ge=8, le=64)  # a power of two
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)  # also the sample count of every FID in `evaluate`
 
     @model_validator(mode="after")
-    def _power_of_two(self) -> DataConfig:
+    def _check(self) -> DataConfig:
         if self.image_size & (self.image_size - 1):
             raise ValueError(f"image_size must be a power of two, got {self.image_size}")
+        if self.source in ("digits", "shapes") and self.path is not None:
+            raise ValueError(f"path must be null for the built-in source {self.source!r}, got {self.path!r}")
+        if self.source not in ("digits", "shapes") and not self.path:
+            raise ValueError(f"source {self.source!r} reads the user's files: set data.path (e.g. data/raw/...)")
         return self
 
 
@@ -56,7 +67,8 @@ class VAEConfig(TrainConfig):
     train_images: int = Field(80000, ge=1)
     base_channels: int = Field(32, ge=4, le=512)
     latent_channels: int = Field(4, ge=1, le=64)
-    downsample: int = Field(1, ge=0, le=4)  # number of 2x downsamplings: latent is size / 2**downsample
+    # number of 2x downsamplings: latents are size / 2**downsample; null: follows the image size (`latent_side`)
+    downsample: int | None = Field(None, ge=0, le=4)
     beta: float = Field(1.0, ge=0)  # weight of KL(q(z|x) || N(0, I)) in the loss
     kl_warmup_images: int = Field(20000, ge=0)  # beta ramps linearly from 0 over this many images
     recon_sigma: float = Field(0.05, gt=0)  # std of the Gaussian decoder: recon = ||x - x_hat||^2 / (2 sigma^2)
@@ -74,7 +86,8 @@ class DiffusionConfig(TrainConfig):
     lr: float = Field(5e-4, gt=0, le=1.0)
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: annealed to 0 over train_images
     base_channels: int = Field(48, ge=8, le=1024)
-    channel_mults: tuple[int, ...] = (1, 2, 2)  # one U-Net level each; level i is input_size / 2**i
+    # one U-Net level each, level i at input side / 2**i; null: follows the input size (`unet_levels`)
+    channel_mults: tuple[int, ...] | None = (1, 2, 2)
     num_res_blocks: int = Field(1, ge=1, le=8)
     attention_levels: tuple[int, ...] = (2,)  # indices into channel_mults that get self-attention
     timesteps: int = Field(1000, ge=2, le=10000)
@@ -106,13 +119,8 @@ class DiffusionConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _levels(self) -> DiffusionConfig:
-        if not self.channel_mults:
-            raise ValueError("channel_mults must not be empty")
-        keys = ("attention_levels", "cross_attention_levels") if self.uses_text else ("attention_levels",)
-        for key in keys:
-            bad = [i for i in getattr(self, key) if not 0 <= i < len(self.channel_mults)]
-            if bad:
-                raise ValueError(f"{key} {bad} outside 0..{len(self.channel_mults) - 1}")
+        if self.channel_mults is not None and not self.channel_mults:
+            raise ValueError("channel_mults must not be empty (null: follows the input size)")
         if self.sample_steps > self.timesteps:
             raise ValueError(f"sample_steps ({self.sample_steps}) must be <= timesteps ({self.timesteps})")
         return self
@@ -178,13 +186,57 @@ class Params(Section):
     sample: SampleConfig = SampleConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
+    @model_validator(mode="after")
+    def _sizes(self) -> Params:
+        check_sizes(self)
+        return self
+
+
+def latent_side(image_size: int, downsample: int | None) -> int:
+    """The VAE's latent side: image_size / 2**downsample; null downsample: 8 up to 32-pixel images (16 -> 8x8,
+    32 -> 8x8), image_size / 4 above (64 -> 16x16), never more than the image."""
+    if downsample is not None:
+        return image_size // 2**downsample
+    return min(image_size, max(8, image_size // 4))
+
+
+def unet_levels(cfg: DiffusionConfig, side: int) -> tuple[int, ...]:
+    """channel_mults, or when null one level per halving down to 2x2 (inputs up to 8) or 4x4 (larger inputs):
+    8 -> (1, 2, 2), 16 -> (1, 2, 2), 32 -> (1, 2, 2, 2), 64 -> (1, 2, 2, 2, 2)."""
+    if cfg.channel_mults is not None:
+        return tuple(cfg.channel_mults)
+    deepest = 2 if side <= 8 else 4
+    return (1,) + (2,) * (max(side // deepest, 1).bit_length() - 1)
+
+
+def check_sizes(p: Params) -> None:
+    """Every network can take `data.image_size` (and the VAE's latents): raises ValueError naming the key."""
+    size = p.data.image_size
+    if p.vae.downsample is not None and size // 2**p.vae.downsample < 2:
+        raise ValueError(f"vae.downsample {p.vae.downsample} leaves {size / 2**p.vae.downsample:g}-pixel latents "
+                         f"from data.image_size {size}; at most {size.bit_length() - 2} (or null: follows the size)")
+    for name, side in (("ldm", latent_side(size, p.vae.downsample)), ("pixel", size)):
+        cfg: DiffusionConfig = getattr(p, name)
+        levels = unet_levels(cfg, side)
+        deepest = side / 2 ** (len(levels) - 1)
+        if deepest < 2:
+            raise ValueError(f"{name}.channel_mults: {len(levels)} levels halve the {side}x{side} input to "
+                             f"{deepest:g}x{deepest:g}; at most {side.bit_length() - 1} levels (null: follows size)")
+        keys = ("attention_levels", "cross_attention_levels") if cfg.uses_text else ("attention_levels",)
+        for key in keys:
+            bad = [i for i in getattr(cfg, key) if not 0 <= i < len(levels)]
+            if bad:
+                raise ValueError(f"{name}.{key}: {bad} outside the U-Net's levels 0..{len(levels) - 1} "
+                                 f"({side}x{side} input, channel_mults {list(levels)})")
+
 
 def _describe(err: dict[str, Any]) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     if err["type"] == "value_error":  # a cross-field rule: its message names the key and the value
-        return f"{key}: {err['msg'].removeprefix('Value error, ')}"
+        msg = err["msg"].removeprefix("Value error, ")
+        return f"{key}: {msg}" if key else msg  # a rule across sections names its keys itself
     return f"{key}: {err['msg']}, got {err.get('input')!r}"
 
 

@@ -14,12 +14,8 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from genlab.data.store import to_uint8  # noqa: E402
 from genlab.paths import atomic_write  # noqa: E402
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float -> [0, 255] uint8, same shape."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: int = 4) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from genlab.checkpoint import load_snapshot
+from genlab.data.splits import evaluator_task
 from genlab.errors import GenlabError
 from genlab.metrics.fid import load_evaluator
 from genlab.models.vae import VAE
@@ -35,7 +36,7 @@ def evaluator(paths: Paths, manifest: dict) -> Path:
     heads = cfg["network"].get("num_classes", 10)
     found = (cfg["network"].get("in_channels", 1), cfg["image_size"], [heads] if isinstance(heads, int) else heads)
     c, s = manifest["image_shape"][:2]
-    want = (c, s, manifest["attributes"]["num_classes"])
+    want = (c, s, evaluator_task(manifest)[1])
     if found != want:
         raise GenlabError(f"{path}: an evaluator of {describe(*found)}, expected one of {describe(*want)} (the "
                           f"prepared data's manifest.json); rerun `genlab {STAGE_OF['evaluator']}`")

@@ -71,8 +71,6 @@ class DiffusionSampler:
     A class+text model is guided by the labels unless prompts are given; a text model always by
     prompts (held-out phrasings of the labels when none are given, see `prompts_for`)."""
 
-    conditional = True
-
     def __init__(self, model_dir: Path, vae_dir: Path | None, device: torch.device) -> None:
         path = model_dir / "model.safetensors"
         stage = f"train_{model_dir.name}" if model_dir.name in DIFFUSION else None  # for messages
@@ -89,7 +87,8 @@ class DiffusionSampler:
         self.cfg, self.device = cfg, device
         self.alpha_bar = alpha_bar(cfg["timesteps"], cfg["schedule"])
         self.text = None
-        self.conditioning = cfg.get("conditioning", "class")
+        self.conditioning = cfg.get("conditioning", "class")  # "none": trained on unlabelled data
+        self.conditional = self.conditioning != "none"
         if "text" in self.conditioning:
             from genlab.models.text import TextEncoder
 
@@ -98,11 +97,13 @@ class DiffusionSampler:
     def prompts_for(self, labels: torch.Tensor, seeds: list[int]) -> list[str]:
         """Unseen phrasings by default: image i gets held-out template seeds[i] mod P of its label, so its
         prompt, like its noise, depends on (label, seed) alone and not on its place in a batch."""
-        source = self.cfg.get("source", "digits")
-        return [cycle(heldout_prompts(source, int(y)), s) for y, s in zip(labels, seeds, strict=True)]
+        source, names = self.cfg.get("source", "digits"), self.cfg.get("class_names", [])
+        return [cycle(heldout_prompts(source, int(y), names), s) for y, s in zip(labels, seeds, strict=True)]
 
     def denoiser(self, labels: torch.Tensor, guidance_scale: float, prompts: list[str] | None) -> Denoiser:
-        if prompts is None:
+        if self.conditioning == "none":  # unconditional: labels and guidance do not apply
+            out = lambda x, t: self.unet(x, t)  # noqa: E731
+        elif prompts is None:
             out = guided(self.unet, labels.to(self.device), self.cfg["network"]["num_classes"], guidance_scale)
         else:
             tokens, mask = trim(*self.text.encode(prompts))
@@ -154,11 +155,10 @@ def guided_text(unet: UNet, tokens: torch.Tensor, mask: torch.Tensor, scale: flo
 
 
 class GANSampler:
-    conditional = True
-
     def __init__(self, gan_dir: Path, device: torch.device) -> None:
         self.g, cfg = load_network(gan_dir / "model.safetensors", Generator, "a GAN generator", "train_gan")
         self.g.to(device).eval()
+        self.conditional = self.g.embed is not None
         self.z_dim, self.device = cfg["network"]["z_dim"], device
 
     @torch.no_grad()

@@ -73,7 +73,7 @@ def _coverage(kind: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.T
     return F.avg_pool2d(inside.float().unsqueeze(1), k).squeeze(1)
 
 
-def _paint(attrs: torch.Tensor, jitter: torch.Tensor, size: int) -> torch.Tensor:
+def paint(attrs: torch.Tensor, jitter: torch.Tensor, size: int) -> torch.Tensor:
     """attrs (B, 4) int64, jitter (B, 3) = (dx, dy, scale) -> images (B, 3, S, S) in [-1, 1]."""
     direction = torch.tensor(DIRECTION)[attrs[:, 3]]  # (B, 2)
     cx = size / 2 + (OFFSET * direction[:, 0] + jitter[:, 0]) * size
@@ -95,7 +95,7 @@ def _as_row(attrs: Mapping[str, int]) -> torch.Tensor:
 
 def render(attrs: Mapping[str, int], size: int, dx: float = 0.0, dy: float = 0.0, scale: float = 1.0) -> torch.Tensor:
     """One image (3, S, S) in [-1, 1]; dx, dy shift the centre by a fraction of S, `scale` multiplies r."""
-    return _paint(_as_row(attrs), torch.tensor([[dx, dy, scale]]), size)[0]
+    return paint(_as_row(attrs), torch.tensor([[dx, dy, scale]]), size)[0]
 
 
 # ---------------------------------------------------------------------------------------------- captions
@@ -155,7 +155,7 @@ def load(n: int, image_size: int, seed: int, chunk: int = 512) -> tuple[torch.Te
     params = [draw(seed, i) for i in range(n)]
     attrs = torch.stack([a for a, _ in params]) if n else torch.zeros(0, len(NAMES), dtype=torch.long)
     jitter = torch.stack([j for _, j in params]) if n else torch.zeros(0, 3)
-    images = [_paint(a, j, image_size) for a, j in zip(attrs.split(chunk), jitter.split(chunk), strict=True)]
+    images = [paint(a, j, image_size) for a, j in zip(attrs.split(chunk), jitter.split(chunk), strict=True)]
     out = torch.cat(images) if images else torch.zeros(0, 3, image_size, image_size)
     return out.contiguous(), attrs
 

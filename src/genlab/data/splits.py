@@ -1,59 +1,89 @@
-"""Prepared splits on disk: one safetensors file per split and a manifest with a content hash."""
+"""Prepared splits on disk: one safetensors file per split (uint8 images, memory-mapped when read) and a
+manifest with a content hash."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from safetensors.torch import save
 
 from genlab.checkpoint import read_safetensors
+from genlab.data import store
+from genlab.data.store import Images
 from genlab.errors import GenlabError
 from genlab.paths import atomic_write, read_json
 
 SPLITS = ("train", "val", "test")
+ROTATIONS = ("0", "90", "180", "270")  # the self-supervised evaluator's classes on unlabelled data
 MANIFEST_KEYS = ("source", "num_classes", "attributes", "content_hash", "image_shape", "counts")
+CHUNK = 2048  # images per read or write when streaming a split
 
 
 @dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (N, C, S, S) float32 in [-1, 1]
-    labels: torch.Tensor  # (N,) int64: the class a conditional model is given
+    images: Images  # (N, C, S, S) uint8 on disk; indexing gives float32 in [-1, 1]
+    labels: torch.Tensor  # (N,) int64: the class a conditional model is given (all 0 when unlabelled)
     attributes: torch.Tensor  # (N, A) int64: what the evaluator predicts (digits: the label itself)
 
     def __len__(self) -> int:
         return self.labels.shape[0]
 
 
+def _hash_tensor(h: hashlib._Hash, name: str, shape: tuple[int, ...], dtype: str, chunks: Iterator[bytes]) -> None:
+    h.update(f"{name}:{shape}:{dtype}".encode())
+    for chunk in chunks:
+        h.update(chunk)
+
+
 def content_hash(splits: dict[str, Split]) -> str:
-    """sha256 over every split's tensors (name, shape, dtype, bytes): the data version."""
+    """sha256 over every split's tensors (name, shape, dtype, bytes): the data version. Images are read
+    `CHUNK` at a time."""
     h = hashlib.sha256()
     for name in SPLITS:
-        for t in (splits[name].images, splits[name].labels, splits[name].attributes):
-            h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-            h.update(t.contiguous().numpy().tobytes())
+        s = splits[name]
+        _hash_tensor(h, name, s.images.shape, "torch.uint8", (c.numpy().tobytes() for c in s.images.chunks(CHUNK)))
+        for t in (s.labels, s.attributes):
+            _hash_tensor(h, name, tuple(t.shape), str(t.dtype), iter([t.contiguous().numpy().tobytes()]))
     return h.hexdigest()
 
 
-def write(splits: dict[str, Split], out: Path, extra: dict) -> dict:
+def write(out: Path, parts: dict[str, np.ndarray], images: Images, labels: np.ndarray, attributes: np.ndarray,
+          extra: dict) -> dict:
+    """Write each split of `parts` (sorted row indices into `images`, `labels`, `attributes`) as a safetensors
+    file, streaming its images `CHUNK` rows at a time, then the manifest."""
     out.mkdir(parents=True, exist_ok=True)
-    for name, s in splits.items():
-        tensors = {"images": s.images.contiguous(), "labels": s.labels.contiguous(),
-                   "attributes": s.attributes.contiguous()}
-        atomic_write(out / f"{name}.safetensors", save(tensors))
+    for name, idx in parts.items():
+        rows = (images.uint8(idx[i:i + CHUNK]).numpy() for i in range(0, len(idx), CHUNK))
+        store.write(out / f"{name}.safetensors", [
+            store.Entry("labels", "I64", (len(idx),), [labels[idx]]),
+            store.Entry("attributes", "I64", (len(idx), attributes.shape[1]), [attributes[idx]]),
+            store.Entry("images", "U8", (len(idx), *images.shape[1:]), rows)])
+    written = {name: read(out, name, {**extra, "counts": {n: len(i) for n, i in parts.items()},
+                                      "image_shape": list(images.shape[1:])}) for name in SPLITS}
     manifest = {
         **extra,
-        "content_hash": content_hash(splits),
-        "image_shape": list(splits["train"].images.shape[1:]),
-        "counts": {name: len(s) for name, s in splits.items()},
-        "class_counts": {name: torch.bincount(s.labels, minlength=extra["num_classes"]).tolist()
-                         for name, s in splits.items()},
+        "content_hash": content_hash(written),
+        "image_shape": list(images.shape[1:]),
+        "counts": {name: len(s) for name, s in written.items()},
+        "class_counts": {name: torch.bincount(s.labels, minlength=max(1, extra["num_classes"])).tolist()
+                         for name, s in written.items()},
     }
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def evaluator_task(manifest: dict) -> tuple[list[str], list[int]]:
+    """The evaluator's heads (names, classes of each): the data's attributes when labelled; on unlabelled data one
+    self-supervised head that predicts which of 4 rotations was applied (Gidaris et al. 2018)."""
+    attrs = manifest["attributes"]
+    if attrs["names"]:
+        return list(attrs["names"]), list(attrs["num_classes"])
+    return ["rotation"], [len(ROTATIONS)]
 
 
 def read_manifest(root: Path) -> dict:
@@ -69,12 +99,13 @@ def read_manifest(root: Path) -> dict:
 
     attrs, shape, counts = manifest["attributes"], manifest["image_shape"], manifest["counts"]
     checks = {
-        "num_classes": ("a positive integer", ints([manifest["num_classes"]])),
+        "num_classes": ("a positive integer (0: unlabelled)", ints([manifest["num_classes"]], minimum=0)),
         "image_shape": ("[channels, size, size] of positive integers", ints(shape, 3) and shape[1] == shape[2]),
         "counts": (f"a count for each of {', '.join(SPLITS)}",
                    isinstance(counts, dict) and ints([counts.get(n) for n in SPLITS], minimum=0)),
-        "attributes": ("{names: [...], num_classes: [...]} of one length", isinstance(attrs, dict)
-                       and isinstance(attrs.get("names"), list) and ints(attrs.get("num_classes"))
+        "attributes": ("{names: [...], num_classes: [...]} of one length (empty: unlabelled)", isinstance(attrs, dict)
+                       and isinstance(attrs.get("names"), list) and isinstance(attrs.get("num_classes"), list)
+                       and (ints(attrs["num_classes"]) or not attrs["num_classes"])
                        and len(attrs["names"]) == len(attrs["num_classes"])),
         "content_hash": ("a sha256 hex digest", isinstance(manifest["content_hash"], str)
                          and len(manifest["content_hash"]) == 64),
@@ -86,40 +117,44 @@ def read_manifest(root: Path) -> dict:
 
 
 def read(root: Path, name: str, manifest: dict | None = None) -> Split:
-    """One split, checked against the manifest: images (N, C, S, S) float32, finite, in [-1, 1]; labels (N,) int64
-    in [0, num_classes); attributes (N, A) int64, each column within its number of classes; N = counts[name].
+    """One split, checked against the manifest: images (N, C, S, S) uint8 (memory-mapped, not loaded); labels (N,)
+    int64 in [0, num_classes); attributes (N, A) int64, each column within its number of classes; N = counts[name].
     Anything else is refused with one line naming the file and the tensor."""
     if name not in SPLITS:
         raise GenlabError(f"split {name!r}: expected one of {SPLITS}")
     manifest = read_manifest(root) if manifest is None else manifest
     path = root / f"{name}.safetensors"
-    t, _ = read_safetensors(path, "prepared split", "prepare")
+    t, _ = read_safetensors(path, "prepared split", "prepare", keys=("labels", "attributes"))
     n, attrs = manifest["counts"][name], manifest["attributes"]["num_classes"]
-    expected = {"images": (torch.float32, (n, *manifest["image_shape"]), f"counts.{name}, image_shape"),
-                "labels": (torch.int64, (n,), f"counts.{name}"),
-                "attributes": (torch.int64, (n, len(attrs)), f"counts.{name}, attributes")}
+    table, _ = store.read_header(path)
+    found = {k: (v.get("dtype"), tuple(v.get("shape", ()))) for k, v in table.items() if k != "__metadata__"}
+    expected = {"images": ("U8", (n, *manifest["image_shape"]), f"counts.{name}, image_shape"),
+                "labels": ("I64", (n,), f"counts.{name}"),
+                "attributes": ("I64", (n, len(attrs)), f"counts.{name}, attributes")}
     for key, (dtype, shape, source) in expected.items():
-        if key not in t:
+        if key not in found:
             raise GenlabError(f"{path}: no tensor {key!r} (expected {', '.join(expected)}); rerun `genlab prepare`")
-        if t[key].dtype != dtype or tuple(t[key].shape) != shape:
+        if found[key] != (dtype, shape):
             raise GenlabError(f"{path}: {key}: expected {describe(dtype, shape)} (manifest.json: {source}), got "
-                              f"{describe(t[key].dtype, t[key].shape)}; rerun `genlab prepare`")
-    images, labels, attributes = t["images"], t["labels"], t["attributes"]
-    k = manifest["num_classes"]
-    ranges = [("images", images, -1.0, 1.0, "finite values in [-1, 1]"),
-              ("labels", labels, 0, k - 1, f"values in [0, {k}) (manifest.json: num_classes)"),
+                              f"{describe(*found[key])}; rerun `genlab prepare`")
+    labels, attributes = t["labels"], t["attributes"]
+    k = max(1, manifest["num_classes"])
+    ranges = [("labels", labels, 0, k - 1, f"values in [0, {k}) (manifest.json: num_classes)"),
               *((f"attributes[:, {i}]", attributes[:, i], 0, c - 1,
                  f"values in [0, {c}) (manifest.json: attributes.num_classes)") for i, c in enumerate(attrs))]
     for key, x, lo, hi, what in ranges:
         got = outside(x, lo, hi)
         if got:
             raise GenlabError(f"{path}: {key}: expected {what}, got {got}; rerun `genlab prepare`")
-    return Split(images, labels, attributes)
+    return Split(store.images_of(path), labels, attributes)
 
 
-def describe(dtype: torch.dtype, shape: tuple[int, ...] | torch.Size) -> str:
-    """e.g. `float32 (1257, 1, 16, 16)`."""
-    return f"{str(dtype).removeprefix('torch.')} {tuple(shape)}"
+def describe(dtype: torch.dtype | str, shape: tuple[int, ...] | torch.Size) -> str:
+    """e.g. `float32 (1257, 1, 16, 16)`; safetensors codes read as torch's names (U8: uint8)."""
+    codes = {"U8": "uint8", "I8": "int8", "I16": "int16", "I32": "int32", "I64": "int64", "F16": "float16",
+             "BF16": "bfloat16", "F32": "float32", "F64": "float64", "BOOL": "bool"}
+    name = codes.get(str(dtype), str(dtype).removeprefix("torch."))
+    return f"{name} {tuple(shape)}"
 
 
 def outside(x: torch.Tensor, lo: float, hi: float) -> str:

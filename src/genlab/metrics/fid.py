@@ -29,8 +29,8 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
 
 from genlab.checkpoint import load_network
+from genlab.data.store import Images, to_uint8
 from genlab.errors import GenlabError
-from genlab.images import to_uint8
 from genlab.models.evaluator import Evaluator
 
 EXTRACTOR = "genlab-evaluator"
@@ -140,17 +140,19 @@ def make_extractor(evaluator_path: Path | str, inception_weights: Path | str | N
 
 
 class ImageSet(torch.utils.data.Dataset):
-    """float images in [-1, 1] (N, C, S, S) -> the uint8 3-channel images torch-fidelity expects."""
+    """Images in [-1, 1] (N, C, S, S) -> the uint8 3-channel images torch-fidelity expects. A float tensor is
+    converted whole; a prepared split's `Images` is read from its memory map one image at a time (its bytes are
+    already the uint8 the float form rounds back to)."""
 
-    def __init__(self, images: torch.Tensor) -> None:
-        u8 = to_uint8(images)
-        self.images = u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
+    def __init__(self, images: torch.Tensor | Images) -> None:
+        self.images = images if isinstance(images, Images) else to_uint8(images)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+        u8 = self.images.uint8(i) if isinstance(self.images, Images) else self.images[i]
+        return u8.expand(3, -1, -1) if u8.shape[0] == 1 else u8
 
 
 def relabel(m: dict[str, float]) -> dict[str, float]:

@@ -47,6 +47,16 @@ def attribute_loss(model: Evaluator, logits: torch.Tensor, attributes: torch.Ten
     return sum(F.cross_entropy(part, attributes[:, i]) for i, part in enumerate(model.split(logits)))
 
 
+def rotate(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Rotate image i of (B, C, S, S) by k[i] * 90 degrees counter-clockwise (k in 0..3)."""
+    out = x.clone()
+    for r in range(1, 4):
+        sel = (k == r).nonzero().flatten().to(x.device)
+        if len(sel):
+            out[sel] = torch.rot90(x[sel], r, dims=(2, 3))
+    return out
+
+
 def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """Augmentation: translate each image by up to `max_shift` pixels (edge-padded), drawn from `g`."""
     b = x.shape[0]

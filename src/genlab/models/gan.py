@@ -14,7 +14,8 @@ from genlab.models.layers import Upsample2x
 
 
 class Generator(nn.Module):
-    """(z (B, z_dim), y (B,)) -> images (B, C, S, S) in [-1, 1]; a label embedding is concatenated to z."""
+    """(z (B, z_dim), y (B,)) -> images (B, C, S, S) in [-1, 1]; a label embedding is concatenated to z
+    (num_classes = 0: unconditional, z alone; y is ignored)."""
 
     def __init__(self, z_dim: int = 64, num_classes: int = 10, base: int = 64, image_size: int = 16,
                  channels: int = 1) -> None:
@@ -22,8 +23,8 @@ class Generator(nn.Module):
         self.z_dim, self.start = z_dim, 4
         ups = int(math.log2(image_size // self.start))
         c = base * 2**ups
-        self.embed = nn.Embedding(num_classes, z_dim)
-        self.fc = nn.Linear(2 * z_dim, c * self.start * self.start)
+        self.embed = nn.Embedding(num_classes, z_dim) if num_classes > 0 else None
+        self.fc = nn.Linear((2 if num_classes > 0 else 1) * z_dim, c * self.start * self.start)
         layers: list[nn.Module] = [nn.BatchNorm2d(c), nn.ReLU()]
         for _ in range(ups):
             layers += [Upsample2x(), nn.Conv2d(c, c // 2, 3, padding=1), nn.BatchNorm2d(c // 2),
@@ -34,12 +35,14 @@ class Generator(nn.Module):
         self.c0 = base * 2**ups
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([z, self.embed(y)], dim=1)).view(-1, self.c0, self.start, self.start)
+        h = self.fc(z if self.embed is None else torch.cat([z, self.embed(y)], dim=1))
+        h = h.view(-1, self.c0, self.start, self.start)
         return self.net(h)
 
 
 class Discriminator(nn.Module):
-    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (projection discriminator, eq. 3)."""
+    """D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (projection discriminator, eq. 3); num_classes = 0:
+    unconditional, D(x) = psi(phi(x)) without the projection term."""
 
     def __init__(self, num_classes: int = 10, base: int = 64, image_size: int = 16, channels: int = 1) -> None:
         super().__init__()
@@ -52,11 +55,12 @@ class Discriminator(nn.Module):
         self.phi = nn.Sequential(*layers, nn.Flatten())
         feat = c * 16
         self.psi = spectral_norm(nn.Linear(feat, 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, feat))
+        self.embed = spectral_norm(nn.Embedding(num_classes, feat)) if num_classes > 0 else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = self.phi(x)
-        return self.psi(h).squeeze(1) + (self.embed(y) * h).sum(1)
+        score = self.psi(h).squeeze(1)
+        return score if self.embed is None else score + (self.embed(y) * h).sum(1)
 
 
 def d_hinge_loss(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:

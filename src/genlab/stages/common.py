@@ -118,7 +118,7 @@ class CheapFID:
         batch = min(cfg.batch_size, len(data.train))
         self.spacing = max(1, cfg.log_every_images // batch) * batch  # images between two logged rows
         k = data.manifest["num_classes"]
-        self.labels = torch.arange(n) % k
+        self.labels = torch.arange(n) % max(k, 1)  # k = 0 (unlabelled): all 0, ignored by unconditional models
         self.seeds = [derive_seed(ctx.seed, "cheap-fid", i) for i in range(n)]
         self.evaluator = ctx.paths.model("evaluator") / "model.safetensors"
 

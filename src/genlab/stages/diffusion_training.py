@@ -16,7 +16,7 @@ import hashlib
 import torch
 
 from genlab import inputs
-from genlab.config import DiffusionConfig
+from genlab.config import DiffusionConfig, unet_levels
 from genlab.data import sources
 from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
@@ -45,9 +45,16 @@ from genlab.training import Trainable, learning_rate, optimizer_step, train
 P_TEXT = 0.5  # class+text: the fraction of training images conditioned on a prompt rather than a label
 
 
-def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
-    text = cfg.uses_text
-    return {"in_channels": channels, "base_channels": cfg.base_channels, "channel_mults": list(cfg.channel_mults),
+def conditioning(cfg: DiffusionConfig, num_classes: int) -> str:
+    """cfg.conditioning, or "none" on unlabelled data (num_classes 0): there is nothing to condition on."""
+    return cfg.conditioning if num_classes > 0 else "none"
+
+
+def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int, side: int) -> dict:
+    """The U-Net's constructor arguments for (channels, side, side) inputs (`unet_levels`: null channel_mults);
+    num_classes 0: unconditional, neither labels nor text."""
+    text = cfg.uses_text and num_classes > 0
+    return {"in_channels": channels, "base_channels": cfg.base_channels, "channel_mults": list(unet_levels(cfg, side)),
             "num_res_blocks": cfg.num_res_blocks, "attention_levels": list(cfg.attention_levels),
             "num_classes": num_classes if cfg.uses_class else 0, "context_dim": 384 if text else None,
             "cross_attention_levels": list(cfg.cross_attention_levels) if text else []}
@@ -56,13 +63,15 @@ def unet_network(cfg: DiffusionConfig, channels: int, num_classes: int) -> dict:
 class Conditioner:
     """Builds model(x_t, t, y) -> output for a batch of labels, with the condition dropped at rate p."""
 
-    def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device, source: str = "digits") -> None:
+    def __init__(self, cfg: DiffusionConfig, num_classes: int, device: torch.device, source: str = "digits",
+                 names: list[str] | None = None) -> None:
         self.cfg, self.k, self.device = cfg, num_classes, device
-        if cfg.uses_text:
+        self.conditioning = conditioning(cfg, num_classes)
+        if "text" in self.conditioning:
             from genlab.models.text import TextEncoder, trim
 
             # every training phrasing of every label, encoded once: (K * P, L, 384)
-            self.table = [sources.train_prompts(source, c) for c in range(num_classes)]
+            self.table = [sources.train_prompts(source, c, names or []) for c in range(num_classes)]
             flat = [p for ps in self.table for p in ps]
             tokens, mask = trim(*TextEncoder().encode(flat))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
@@ -71,7 +80,9 @@ class Conditioner:
         """The network (x_t, t, _) -> output for labels y; with g, a random phrasing and condition dropout
         are drawn from it (and, for class+text, which condition each image gets); without g the label
         (class, class+text) or the first phrasing (text), and no dropout."""
-        if self.cfg.conditioning == "class" or (g is None and self.cfg.uses_class):
+        if self.conditioning == "none":
+            return lambda x, t, _y: unet(x, t)
+        if self.conditioning == "class" or (g is None and self.cfg.uses_class):
             y = drop_labels(y, p_drop, self.k, g) if g is not None else y
             y = y.to(self.device)
             return lambda x, t, _y: unet(x, t, y)
@@ -79,7 +90,7 @@ class Conditioner:
         pick = torch.randint(0, per, (len(y),), generator=g) if g is not None else torch.zeros(len(y), dtype=torch.long)
         rows = (y * per + pick).to(self.device)
         drop = (torch.rand(len(y), generator=g) < p_drop) if g is not None else torch.zeros(len(y), dtype=torch.bool)
-        if self.cfg.conditioning == "text":
+        if self.conditioning == "text":
             drop = drop.to(self.device)
             return lambda x, t, _y: unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
         # class+text: the label or the prompt, the other one null; both null when dropped
@@ -111,14 +122,14 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         shape = list(mean.shape[1:])
     else:
         vae = None
-        test_x0 = data.test.images
+        test_x0 = data.test.images.all()
         extra["latent_scale"] = 1.0
         vae_hash = ""
 
         def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             return data.train.images[idx]
         shape = list(data.train.images.shape[1:])
-    network = unet_network(cfg, shape[0], num_classes)
+    network = unet_network(cfg, shape[0], num_classes, shape[-1])
     with seeded(ctx.seed, stage, "init"):
         unet = UNet(**network).to(ctx.device)
     ema = ema_copy(unet)
@@ -126,7 +137,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
     source = data.manifest["source"]
-    cond = Conditioner(cfg, num_classes, ctx.device, source)
+    names = sources.class_names(data.manifest)
+    cond = Conditioner(cfg, num_classes, ctx.device, source, names)
     y_all = data.train.labels
 
     total_steps = max(1, cfg.train_images // cfg.batch_size)
@@ -163,8 +175,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
                    "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
-                        "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
-                        "source": source, **extra}
+                        "prediction": cfg.prediction, "conditioning": cond.conditioning, "latent_shape": shape,
+                        "source": source, "class_names": names, **extra}
         out_dir = ctx.paths.model(name)
         with staged_dir(out_dir) as out:
             history = save_training(out, stage, cfg, trainable, ema, snapshot_cfg, fp)

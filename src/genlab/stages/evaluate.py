@@ -43,7 +43,8 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
               "batch_size": cfg.batch_size, "cuda": cuda}
     floor = score_against(data.test.images, ref, extractor, **common)
-    floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
+    if data.manifest["num_classes"]:  # unlabelled data: no class accuracy (absent, not zero)
+        floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
         s = samples[family]
@@ -101,7 +102,7 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
 
 
 def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, DiffusionConfig], results: dict,
-                         protocol: dict, source: str, samples: dict[str, dict[str, torch.Tensor]]) -> dict:
+                         protocol: dict, manifest: dict, samples: dict[str, dict[str, torch.Tensor]]) -> dict:
     """Register each family's sampler (with its evaluated sampling settings) and apply the champion rule.
     A version with the same content (weights, configs, settings) is reused, not registered again."""
     decisions = {}
@@ -109,8 +110,10 @@ def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, Dif
         for family in FAMILIES:
             settings = diffusion_settings(diffusion[family]) if family in diffusion else {}
             example = pd.DataFrame({"label": np.arange(2, dtype=np.int64), "seed": np.arange(2, dtype=np.int64)})
-            if family in diffusion and diffusion[family].uses_text:
-                example["prompt"] = [sources.heldout_prompts(source, int(y))[0] for y in example["label"]]
+            if family in diffusion and diffusion[family].uses_text and manifest["num_classes"]:
+                names = sources.class_names(manifest)
+                example["prompt"] = [sources.heldout_prompts(manifest["source"], int(y), names)[0]
+                                     for y in example["label"]]
             images = samples[family]["images"][:2].numpy()
             params = {"guidance_scale": settings["guidance_scale"], "sample_steps": settings["steps"]} \
                 if family in diffusion else None
@@ -153,8 +156,7 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
             mlrun.set_tags({f"genlab.{family}.sampler": settings["sampler"]})
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
-        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest["source"],
-                                         samples)
+        decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest, samples)
         page = html_report.build(ctx.paths.root, table, note, protocol, decisions)
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": extractor.note, "protocol": protocol,

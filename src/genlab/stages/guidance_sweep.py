@@ -26,7 +26,7 @@ from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DiffusionSampler, generate, image_seeds
 from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
-from genlab.stages.sample import diffusion_settings
+from genlab.stages.sample import diffusion_settings, sample_labels
 
 STAGE = "guidance_sweep"
 log = logging.getLogger(__name__)
@@ -38,23 +38,26 @@ def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Pat
     and class accuracy."""
     m = fid.compute(images, data.train.images, evaluator, kid_subset_size=ev.kid_subset_size,
                     pr_neighbourhood=ev.pr_neighbourhood, batch_size=ev.batch_size, cuda=ctx.device.type == "cuda")
-    acc = fid.class_accuracy(evaluator, images, label_attributes(data.manifest["source"], labels))
-    return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"], "kid_mean": m["kid_mean"],
-            "class_accuracy": acc}
+    out = {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"], "kid_mean": m["kid_mean"]}
+    if data.manifest["num_classes"]:  # unlabelled data: no class accuracy
+        out["class_accuracy"] = fid.class_accuracy(evaluator, images, label_attributes(data.manifest["source"], labels))
+    return out
 
 
 def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     evaluator = inputs.evaluator(ctx.paths, data.manifest)
     k = data.manifest["num_classes"]
-    labels = torch.arange(k).repeat_interleave(cfg.n_per_class)
+    labels = sample_labels(data.manifest, cfg)
     seeds = image_seeds(cfg.seed, "ldm", len(labels))
     sampler = DiffusionSampler(ctx.paths.model("ldm"), ctx.paths.model("vae"), ctx.device)
     # a class+text model is also scored through its prompts: held-out phrasings, chosen per image by its seed
     prompts = sampler.prompts_for(labels, seeds) if sampler.conditioning == "class+text" else None
+    # an unconditional model (unlabelled data) has no guidance: one row, at scale 1, to record its FID
+    scales = cfg.guidance_sweep if sampler.conditional else (1.0,)
     rows = []
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun, staged_dir(ctx.paths.root / "reports" / "guidance") as out:
-        for w in cfg.guidance_sweep:
+        for w in scales:
             settings = {**diffusion_settings(ldm), "guidance_scale": w}
             images = generate(sampler, labels, seeds, cfg.batch_size, **settings)
             row = {"guidance_scale": w, **score(images, labels, data, evaluator, ev, ctx)}
@@ -68,17 +71,19 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> 
             rows.append(row)
             log.info("guidance %.2f: %s", w, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "guidance_scale"))
             per = min(8, cfg.n_per_class)
-            idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + per) for c in range(k)])
-            save_grid(images[idx], out / f"w{w:g}.png", nrow=per)
+            idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + per) for c in range(k)]) \
+                if k else torch.arange(min(64, len(labels)))
+            save_grid(images[idx], out / f"w{w:g}.png", nrow=per if k else 8)
         table = pd.DataFrame(rows)
-        save_tradeoff(table, out / "fid_vs_accuracy.png")
+        if k:
+            save_tradeoff(table, out / "fid_vs_accuracy.png")
+            mlrun.log_artifact(out / "fid_vs_accuracy.png", "guidance")
         atomic_write(ctx.paths.plot(STAGE), table.to_csv(index=False))
         for r in rows:
             # MLflow steps are integers: the scale in hundredths
             step = round(r["guidance_scale"] * 100)
             mlrun.log_metrics({k: r[k] for k in ("fid", "class_accuracy", "prompt_fid", "prompt_accuracy") if k in r},
                               step)
-        mlrun.log_artifact(out / "fid_vs_accuracy.png", "guidance")
         mlrun.log_artifact(ctx.paths.plot(STAGE), "guidance")
     best = min(rows, key=lambda r: r["fid"])
     metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], **diffusion_settings(ldm),

@@ -62,6 +62,14 @@ def read_samples(ctx: Context, family: str, manifest: dict | None = None) -> dic
     return t
 
 
+def sample_labels(manifest: dict, cfg: SampleConfig) -> torch.Tensor:
+    """n_per_class images of each class; unlabelled data: as many as the test split (the data floor's count),
+    all label 0, which unconditional models ignore."""
+    if manifest["num_classes"]:
+        return torch.arange(manifest["num_classes"]).repeat_interleave(cfg.n_per_class)
+    return torch.zeros(manifest["counts"]["test"], dtype=torch.long)
+
+
 def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: SampleConfig, kwargs: dict,
                   out: Path, per_class: int) -> dict:
     """Generate, then write `<family>.safetensors` (images, labels, seeds) and a `<family>.png` grid."""
@@ -72,10 +80,13 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
     atomic_write(out / f"{family}.safetensors", save({
         "images": images.contiguous(), "labels": fam_labels.contiguous(),
         "seeds": torch.tensor(seeds, dtype=torch.int64)}))
-    # grid: one row per class with its first 10 images
+    # grid: one row per class with its first 10 images; unlabelled data: the first 64
     k = int(labels.max()) + 1
-    grid_idx = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(k)])
-    save_grid(images[grid_idx], out / f"{family}.png", nrow=min(10, per_class))
+    if k > 1:
+        grid_idx = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(k)])
+        save_grid(images[grid_idx], out / f"{family}.png", nrow=min(10, per_class))
+    else:
+        save_grid(images[:64], out / f"{family}.png", nrow=8)
     seconds = time.perf_counter() - start
     log.info("sampled %d images from %s in %.1f s", len(seeds), family, seconds)
     return {"n": len(seeds), "conditional": sampler.conditional, "seconds": round(seconds, 3), **kwargs}
@@ -83,7 +94,7 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
 
 def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
     manifest = read_manifest(ctx.paths.prepared)
-    labels = torch.arange(manifest["num_classes"]).repeat_interleave(cfg.n_per_class)
+    labels = sample_labels(manifest, cfg)
     dirs = {f: ctx.paths.model(f) for f in FAMILIES}
     # every snapshot is loaded (and a missing or damaged one refused) before the run opens or anything is sampled
     samplers = {family: load_sampler(family, dirs, ctx.device) for family in FAMILIES}

@@ -1,11 +1,14 @@
-"""Stage `train_evaluator`: the classifier whose features define offline FID and class accuracy."""
+"""Stage `train_evaluator`: the network whose features define offline FID. On labelled data a classifier of the
+data's attributes (its accuracy on samples is the class accuracy); on unlabelled data a self-supervised one that
+predicts which of 4 rotations was applied to an image (Gidaris et al. 2018)."""
 
 from __future__ import annotations
 
 import torch
 
 from genlab.config import EvaluatorConfig
-from genlab.models.evaluator import Evaluator, attribute_loss, random_shift
+from genlab.data.splits import ROTATIONS, evaluator_task
+from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
 from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
@@ -15,18 +18,27 @@ STAGE = "train_evaluator"
 
 
 @torch.no_grad()
-def accuracy(model: Evaluator, images: torch.Tensor, attributes: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Per-attribute accuracy (A,)."""
+def accuracy(model: Evaluator, images: torch.Tensor, attributes: torch.Tensor | None,
+             device: torch.device) -> torch.Tensor:
+    """Per-head accuracy (A,); attributes None: the rotation task, every image under each of the 4 rotations."""
     model.eval()
-    pred = torch.cat([model.predict(images[i : i + 512].to(device)).cpu() for i in range(0, len(images), 512)])
-    return (pred == attributes).float().mean(0)
+    hits = []
+    for i in range(0, len(images), 512):
+        x = images[i : i + 512].to(device)
+        if attributes is None:
+            k = torch.arange(len(ROTATIONS)).repeat_interleave(len(x))
+            hits.append(model.predict(rotate(x.repeat(len(ROTATIONS), 1, 1, 1), k)).cpu() == k[:, None])
+        else:
+            hits.append(model.predict(x).cpu() == attributes[i : i + 512])
+    return torch.cat(hits).float().mean(0)
 
 
 def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    attrs = data.manifest["attributes"]
-    network = {"in_channels": c, "num_classes": attrs["num_classes"], "width": cfg.width}
+    names, heads = evaluator_task(data.manifest)
+    rotation = not data.manifest["attributes"]["names"]
+    network = {"in_channels": c, "num_classes": heads, "width": cfg.width}
     with seeded(ctx.seed, STAGE, "init"):
         model = Evaluator(**network).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -35,8 +47,13 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
 
     def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
         model.train()
-        x = random_shift(x_all[idx], g).to(ctx.device)
-        loss = attribute_loss(model, model(x), y_all[idx].to(ctx.device))
+        x = random_shift(x_all[idx], g)
+        if rotation:  # the target is the rotation drawn for each image
+            k = torch.randint(0, len(ROTATIONS), (len(idx),), generator=g)
+            x, y = rotate(x, k), k[:, None]
+        else:
+            y = y_all[idx]
+        loss = attribute_loss(model, model(x.to(ctx.device)), y.to(ctx.device))
         optimizer_step(model, opt, loss, loss_name="loss", module_name="evaluator")
         return {"loss": loss.item()}
 
@@ -45,13 +62,15 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
               ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun), run_id=mlrun.run_id)
-        val = accuracy(model, data.val.images, data.val.attributes, ctx.device)
-        test = accuracy(model, data.test.images, data.test.attributes, ctx.device)
-        metrics = {"val_accuracy": float(val.mean()), "test_accuracy": float(test.mean()),
-                   **{f"test_accuracy_{n}": float(a) for n, a in zip(attrs["names"], test, strict=True)}}
+        val = accuracy(model, data.val.images, None if rotation else data.val.attributes, ctx.device)
+        test = accuracy(model, data.test.images, None if rotation else data.test.attributes, ctx.device)
+        metrics = {"task": "rotation" if rotation else "attributes", "val_accuracy": float(val.mean()),
+                   "test_accuracy": float(test.mean()),
+                   **{f"test_accuracy_{n}": float(a) for n, a in zip(names, test, strict=True)}}
         out_dir = ctx.paths.model("evaluator")
         with staged_dir(out_dir) as out:
-            snapshot_cfg = {"network": network, "image_size": s, "attribute_names": attrs["names"]}
+            snapshot_cfg = {"network": network, "image_size": s, "attribute_names": names,
+                            "task": metrics["task"]}
             history = save_training(out, STAGE, cfg, trainable, model, snapshot_cfg, fp)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)
     return metrics

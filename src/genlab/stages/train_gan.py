@@ -46,7 +46,7 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         D.train()
         x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
         z = torch.randn((len(idx), cfg.z_dim), generator=g).to(ctx.device)
-        y_fake = torch.randint(0, k, (len(idx),), generator=g).to(ctx.device)
+        y_fake = torch.randint(0, max(k, 1), (len(idx),), generator=g).to(ctx.device)  # k = 0: unconditional
         fake = G(z, y_fake)
         x.requires_grad_(cfg.r1_gamma > 0)
         real_scores, fake_scores = D(x, y), D(fake.detach(), y_fake)

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from genlab import inputs
 from genlab import latent_tools as lt
-from genlab.config import VAEConfig
+from genlab.config import VAEConfig, latent_side
 from genlab.images import save_grid
 from genlab.metrics import fid
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
@@ -101,16 +101,19 @@ def scored(images: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> d
 
 
 def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_mean: torch.Tensor,
-                    t_mean: torch.Tensor, out: Path) -> dict:
-    """Interpolations, traversals and class arithmetic from the test posterior means; returns arithmetic inputs."""
+                    t_mean: torch.Tensor, out: Path) -> dict | None:
+    """Interpolations, traversals and (labelled data) class arithmetic from the test posterior means; returns the
+    arithmetic's images and target attributes, None on unlabelled data."""
     dev, n = ctx.device, cfg.interpolation_steps
-    pairs = [(i, i + 1) for i in range(0, 16, 2)]
+    pairs = [(i, i + 1) for i in range(0, min(16, len(t_mean) - 1), 2)]
     for name, path in (("interpolation_linear", lt.lerp), ("interpolation_spherical", lt.slerp)):
         strips = torch.cat([path(t_mean[a], t_mean[b], n) for a, b in pairs])
         save_grid(decode(vae, strips, dev), out / f"{name}.png", nrow=n)
     dirs, stds = lt.principal_directions(train_mean, cfg.traversal_directions)
     knobs = lt.traversal(t_mean[0], dirs, stds, steps=9, span=3.0).flatten(0, 1)
     save_grid(decode(vae, knobs, dev), out / "traversal.png", nrow=9)
+    if not data.train.attributes.shape[1]:
+        return None
     # the concept is the first attribute: the digit, or a shape's colour
     concept, test_concept = data.train.attributes[:, 0], data.test.attributes[:, 0]
     means = lt.class_means(train_mean, concept)
@@ -132,7 +135,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
     evaluator = inputs.evaluator(ctx.paths, data.manifest)  # checked before any training
     network = {"in_channels": c, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
-               "downsample": cfg.downsample}
+               "downsample": (s // latent_side(s, cfg.downsample)).bit_length() - 1}
     n_eval = len(data.test)
     keys = (STAGE, f"{STAGE}.ae")
     resume = tuple((ctx.paths.checkpoint(k), fingerprint(k, cfg, ctx.seed, data.hash)) for k in keys)
@@ -147,7 +150,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
         prior = torch.randn((n_eval, *latent_shape), generator=generator(ctx.seed, "vae-prior"))
         vae_prior = decode(vae, prior, ctx.device)
         metrics: dict = {
-            "test_mse": float(F.mse_loss(test_rec, data.test.images)),
+            "test_mse": float(F.mse_loss(test_rec, data.test.images.all())),
             "test_kl": float(kl_to_standard_normal(t_mean, t_logvar).mean()),
             "latent_scale": scale,
             "rfid": scored(test_rec, data, evaluator, ctx)["fid"],
@@ -164,15 +167,16 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             save_grid(pairs, out / "reconstructions.png", nrow=10)
             save_grid(vae_prior[:64], out / "prior_samples.png", nrow=8)
             arith = latent_pictures(vae, cfg, ctx, data, mean, t_mean, out)
-            first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
-            metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
+            if arith is not None:
+                first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
+                metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
             if cfg.ae_baseline:
                 ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"]
                 ae_mean, _ = encode(ae, data.train.images, ctx.device)
                 # random latents at the AE's own scale: N(0, std^2 I), std of its training latents
                 ae_prior = decode(ae, prior * ae_mean.std(), ctx.device)
                 ae_rec = decode(ae, encode(ae, data.test.images, ctx.device)[0], ctx.device)
-                metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, data.test.images))
+                metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, data.test.images.all()))
                 metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, evaluator, ctx).items()})
                 save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
                 save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)

@@ -1,0 +1,147 @@
+"""Memory and throughput of `prepare` on 100,000 64x64 RGB images, and of training on what it wrote.
+
+The claims measured:
+  1. `genlab prepare` of an image folder of 100,000 64x64 RGB PNGs, then `genlab train_evaluator` and
+     `genlab train_vae` for one step each on the prepared data, each run with peak RSS <= 1.5 GB (the float32
+     images alone would be 4.9 GB; the uint8 ones 1.2 GB);
+  2. prepare's throughput (images/s, the whole stage: decode, resize, split, hash, write) next to plain PIL
+     decoding of the same files (Image.open + convert("RGB") + np.asarray, one process), measured in this run.
+
+Data: 100,000 PNGs in 10 class folders, written once into --work (kept for the next run): class c is a shape in
+a colour (genlab.data.synthetic) on a noisy background (Gaussian, std 24 grey levels), so the files are the size of
+photos of that size (about 10 KB), not of flat synthetic images (about 0.5 KB) that decode unrealistically fast.
+
+Each stage runs as `genlab <stage>` in its own process (as `dvc repro` runs it); its peak RSS is the process's own
+`ru_maxrss`, printed by a wrapper when it exits. Every run of the PIL baseline and of prepare reads the files from
+the page cache (the baseline runs first and warms it), so neither pays for the disk.
+
+    .venv/bin/python bench/prepare_memory.py --work /tmp/genlab-bench-100k
+Prints a markdown table and writes JSON to --out (bench/prepare_memory.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+LIMIT_GB = 1.5
+WRAPPER = """
+import resource, runpy, sys
+sys.argv = ["genlab", *sys.argv[1:]]
+try:
+    runpy.run_module("genlab.cli", run_name="__main__")
+finally:
+    print(f"GENLAB_BENCH_MAXRSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+"""
+
+
+def write_data(root: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    """n PNGs in 10 class folders (written once; a marker file records a finished set)."""
+    from genlab.data import synthetic
+
+    marker = root / f".complete-{n}-{size}"
+    if not marker.is_file():
+        rng = np.random.default_rng(seed)
+        base, labels = synthetic.draw(1000, size, seed)
+        t0 = time.perf_counter()
+        for i in range(n):
+            img = base[i % 1000].astype(np.int16) + rng.normal(0, 24, (size, size, 3)).astype(np.int16)
+            folder = root / f"class_{labels[i % 1000]}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img.clip(0, 255).astype(np.uint8), "RGB").save(folder / f"{i:06d}.png")
+            if i % 10000 == 9999:
+                print(f"wrote {i + 1} images ({time.perf_counter() - t0:.0f} s)", flush=True)
+        marker.write_text("ok\n")
+    return sorted(root.glob("class_*/*.png"))
+
+
+def pil_decode(files: list[Path]) -> float:
+    """Seconds to decode every file with plain PIL, as RGB arrays."""
+    t0 = time.perf_counter()
+    for f in files:
+        with Image.open(f) as img:
+            np.asarray(img.convert("RGB"))
+    return time.perf_counter() - t0
+
+
+def run_stage(project: Path, stage: str, env: dict[str, str]) -> dict:
+    """`genlab <stage>` in its own process: wall seconds and peak RSS (its own ru_maxrss)."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, stage], cwd=project, env=env, capture_output=True,
+                          text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"genlab {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    kb = next(int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("GENLAB_BENCH_MAXRSS_KB"))
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(kb / 1024**2, 3)}
+
+
+def project_params(data_dir: Path, size: int) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["data"].update(source="image_folder", path=str(data_dir), image_size=size, channels=3,
+                          val_fraction=0.01, test_fraction=0.01)
+    one_step = {"train_images": 64, "batch_size": 64, "log_every_images": 64, "checkpoint_every_images": 64}
+    params["evaluator"].update(one_step)
+    params["vae"].update(one_step, ae_baseline=False, kl_warmup_images=0)
+    return params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/genlab-bench-100k"))
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "prepare_memory.json")
+    args = ap.parse_args()
+
+    files = write_data(args.work / "images", args.n, args.size)
+    project = args.work / "project"
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "params.yaml").write_text(yaml.safe_dump(project_params(args.work / "images", args.size)))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{args.work / 'mlflow.db'}", "DO_NOT_TRACK": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO / "src")}
+
+    pil_decode(files[: min(len(files), 5000)])  # warm the page cache and PIL's imports, untimed
+    pil_s = pil_decode(files)
+    rows = {"PIL decode (baseline)": {"seconds": round(pil_s, 1), "images_per_second": round(len(files) / pil_s),
+                                      "peak_rss_gb": None}}
+    for stage in ("prepare", "train_evaluator", "train_vae"):
+        r = run_stage(project, stage, env)
+        if stage == "prepare":
+            r["images_per_second"] = round(len(files) / r["seconds"])
+        rows[f"genlab {stage}" + (" (1 step)" if stage != "prepare" else "")] = r
+        print(stage, r, flush=True)
+    manifest = json.loads((project / "data/prepared/manifest.json").read_text())
+    prep = rows["genlab prepare"]
+    result = {
+        "images": len(files), "image_size": args.size, "files_bytes": sum(f.stat().st_size for f in files),
+        "prepared_counts": manifest["counts"], "rows": rows, "limit_gb": LIMIT_GB,
+        "max_peak_rss_gb": max(r["peak_rss_gb"] for r in rows.values() if r["peak_rss_gb"] is not None),
+        "prepare_vs_pil_throughput": round(prep["images_per_second"] / rows["PIL decode (baseline)"][
+            "images_per_second"], 3),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "load_average_at_end": os.getloadavg()[0]},
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("\n| step | seconds | images/s | peak RSS (GB) |\n|---|---:|---:|---:|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['seconds']} | {r.get('images_per_second', '')} | {r['peak_rss_gb'] or ''} |")
+    ok = result["max_peak_rss_gb"] <= LIMIT_GB
+    print(f"\npeak RSS {result['max_peak_rss_gb']} GB vs limit {LIMIT_GB} GB: {'PASS' if ok else 'FAIL'}; "
+          f"prepare runs at {result['prepare_vs_pil_throughput']:.2f}x plain PIL decoding's images/s")
+
+
+if __name__ == "__main__":
+    main()
