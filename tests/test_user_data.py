@@ -266,5 +266,10 @@ def test_streamed_safetensors_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(x.uint8(slice(3, 9)).numpy(), images[3:9])
     assert np.array_equal(x.uint8(np.arange(37) % 2 == 1).numpy(), images[1::2])
     assert torch.equal(store.to_uint8(x[:]), torch.from_numpy(images))  # float view inverts exactly
+    many = tmp_path / "many.safetensors"  # more scattered rows than one map reads (store.MAP_ROWS)
+    big = rng.integers(0, 256, (3 * store.MAP_ROWS, 1, 2, 2), dtype=np.uint8)
+    store.write(many, [store.Entry("images", "U8", big.shape, [big])])
+    order = rng.permutation(len(big))
+    assert np.array_equal(store.images_of(many).uint8(order).numpy(), big[order])
     with pytest.raises(ValueError, match="got 8 bytes"):
         store.write(tmp_path / "y.safetensors", [store.Entry("labels", "I64", (2,), [labels[:1]])])

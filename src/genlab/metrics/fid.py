@@ -30,6 +30,7 @@ from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_
 
 from genlab.checkpoint import load_network
 from genlab.data.store import Images, to_uint8
+from genlab.device import inference_batch
 from genlab.errors import GenlabError
 from genlab.models.evaluator import Evaluator
 
@@ -231,7 +232,8 @@ def attribute_accuracy(evaluator_path: Path, images: torch.Tensor, attributes: t
     """Accuracy of the evaluator's prediction of every attribute (N, A), and of all of them at once."""
     net, cfg = load_evaluator(evaluator_path)
     names = cfg.get("attribute_names") or [f"head{i}" for i in range(len(net.heads))]
-    pred = torch.cat([net.predict(images[i : i + 512]) for i in range(0, len(images), 512)])
+    b = inference_batch(images.shape[-1])
+    pred = torch.cat([net.predict(images[i : i + b]) for i in range(0, len(images), b)])
     hit = pred == attributes
     per = {n: float(hit[:, i].float().mean()) for i, n in enumerate(names)}
     return {**per, "all": float(hit.all(1).float().mean())}

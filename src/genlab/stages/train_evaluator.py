@@ -8,6 +8,7 @@ import torch
 
 from genlab.config import EvaluatorConfig
 from genlab.data.splits import ROTATIONS, evaluator_task
+from genlab.device import inference_batch
 from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
@@ -22,14 +23,14 @@ def accuracy(model: Evaluator, images: torch.Tensor, attributes: torch.Tensor | 
              device: torch.device) -> torch.Tensor:
     """Per-head accuracy (A,); attributes None: the rotation task, every image under each of the 4 rotations."""
     model.eval()
-    hits = []
-    for i in range(0, len(images), 512):
-        x = images[i : i + 512].to(device)
+    hits, b = [], inference_batch(images.shape[-1])
+    for i in range(0, len(images), b):
+        x = images[i : i + b].to(device)
         if attributes is None:
             k = torch.arange(len(ROTATIONS)).repeat_interleave(len(x))
             hits.append(model.predict(rotate(x.repeat(len(ROTATIONS), 1, 1, 1), k)).cpu() == k[:, None])
         else:
-            hits.append(model.predict(x).cpu() == attributes[i : i + 512])
+            hits.append(model.predict(x).cpu() == attributes[i : i + b])
     return torch.cat(hits).float().mean(0)
 
 

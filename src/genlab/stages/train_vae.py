@@ -19,6 +19,7 @@ from torch.nn import functional as F
 from genlab import inputs
 from genlab import latent_tools as lt
 from genlab.config import VAEConfig, latent_side
+from genlab.device import inference_batch
 from genlab.images import save_grid
 from genlab.metrics import fid
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
@@ -50,14 +51,16 @@ def beta_at(cfg: VAEConfig, images_seen: int) -> float:
 def encode(vae: VAE, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior parameters (mean, logvar) of every image, batched: each (N, latent, s, s) on CPU."""
     vae.eval()
-    parts = [vae.encode(images[i : i + 512].to(device)) for i in range(0, len(images), 512)]
+    b = inference_batch(images.shape[-1])
+    parts = [vae.encode(images[i : i + b].to(device)) for i in range(0, len(images), b)]
     return torch.cat([m.cpu() for m, _ in parts]), torch.cat([lv.cpu() for _, lv in parts])
 
 
 @torch.no_grad()
 def decode(vae: VAE, z: torch.Tensor, device: torch.device) -> torch.Tensor:
     vae.eval()
-    return torch.cat([vae.decode(z[i : i + 512].to(device)).clamp(-1, 1).cpu() for i in range(0, len(z), 512)])
+    b = inference_batch(z.shape[-1] * 2**vae.downsample)
+    return torch.cat([vae.decode(z[i : i + b].to(device)).clamp(-1, 1).cpu() for i in range(0, len(z), b)])
 
 
 def latent_scale(mean: torch.Tensor, logvar: torch.Tensor, seed: int) -> float:
