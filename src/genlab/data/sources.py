@@ -18,9 +18,6 @@ from PIL import Image
 from genlab.data import digits, formats, prompts, shapes
 from genlab.data.store import to_uint8
 
-BUILT_IN = ("digits", "shapes")
-SOURCES = (*BUILT_IN, *formats.SOURCES)
-
 # text prompts for a class of the user's data, by its name: training phrasings and held-out ones
 TRAIN_TEMPLATES = ("{name}", "a {name}", "an image of a {name}", "a picture of a {name}", "class {name}")
 HELD_OUT_TEMPLATES = ("a photo showing a {name}", "{name}, in a small image")

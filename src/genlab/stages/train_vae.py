@@ -150,10 +150,11 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
         latent_shape = list(mean.shape[1:])
         t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
         test_rec = decode(vae, t_mean, ctx.device)
+        test_images = data.test.images.all()  # read once: both reconstruction errors compare against it
         prior = torch.randn((n_eval, *latent_shape), generator=generator(ctx.seed, "vae-prior"))
         vae_prior = decode(vae, prior, ctx.device)
         metrics: dict = {
-            "test_mse": float(F.mse_loss(test_rec, data.test.images.all())),
+            "test_mse": float(F.mse_loss(test_rec, test_images)),
             "test_kl": float(kl_to_standard_normal(t_mean, t_logvar).mean()),
             "latent_scale": scale,
             "rfid": scored(test_rec, data, evaluator, ctx)["fid"],
@@ -179,7 +180,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
                 # random latents at the AE's own scale: N(0, std^2 I), std of its training latents
                 ae_prior = decode(ae, prior * ae_mean.std(), ctx.device)
                 ae_rec = decode(ae, encode(ae, data.test.images, ctx.device)[0], ctx.device)
-                metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, data.test.images.all()))
+                metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, test_images))
                 metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, evaluator, ctx).items()})
                 save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
                 save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)
