@@ -24,7 +24,7 @@ params.yaml; `--steps` DDIM steps). The diffusers arm samples its EMA weights wi
 training scheduler's config, diffusers' defaults: leading spacing, x0 clipped to [-1, 1]) with the same number of
 steps and guidance eps_u + w (eps_c - eps_u), w = `pixel.guidance_scale`. Every arm draws n_per_class images of
 each class, image i starting from the same per-image seeded noise (pixel arms share their starting noise).
-Scoring is the `evaluate` stage's: `genlab.metrics.fid.compute` against the train split in genlab-evaluator
+Scoring is the `evaluate` stage's: `genlab.metrics.fid.compute_tier` against the train split in genlab-evaluator
 features (`evaluate` section's KID subset and k), the data floor = FID(test split vs train split), and
 `fid.class_accuracy` of the samples.
 
@@ -300,8 +300,9 @@ def diffusers_arm(bench: Bench, channels: tuple[int, ...], layers: int) -> Train
 def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """The evaluate stage's numbers: FID/KID/precision/recall vs the train split, and class accuracy."""
     ev = bench.params.evaluate
-    m = fid.compute(images, bench.train.images, bench.evaluator, kid_subset_size=ev.kid_subset_size,
-                    pr_neighbourhood=ev.pr_neighbourhood, batch_size=ev.batch_size, cuda=bench.device.type == "cuda")
+    m = fid.compute_tier(images, bench.train.images, fid.make_extractor(bench.evaluator, None),
+                         kid_subset_size=ev.kid_subset_size, pr_neighbourhood=ev.pr_neighbourhood,
+                         batch_size=ev.batch_size, cuda=bench.device.type == "cuda")
     m["class_accuracy"] = fid.class_accuracy(bench.evaluator, images, labels)
     m["n"] = len(images)
     return m

@@ -1,9 +1,12 @@
 """Memory and throughput of `prepare` on 100,000 64x64 RGB images, and of training on what it wrote.
 
 The claims measured:
-  1. `genlab prepare` of an image folder of 100,000 64x64 RGB PNGs, then `genlab train_evaluator` and
-     `genlab train_vae` for one step each on the prepared data, each run with peak RSS <= 1.5 GB (the float32
-     images alone would be 4.9 GB; the uint8 ones 1.2 GB);
+  1. `genlab prepare` of an image folder of 100,000 64x64 RGB PNGs, then `genlab train_evaluator`,
+     `train_vae`, `train_ldm` and `train_gan` for one step each on the prepared data, each run with peak RSS
+     <= 1.5 GB (the float32 images alone would be 4.9 GB; the uint8 ones 1.2 GB). One step, but each stage's
+     whole-split work runs in full: train_vae's latent statistics over every train image and its FIDs against
+     the train split, train_ldm's latents of every train image (a 0.8 GB cache file), train_gan's FID curve
+     point (200 samples against the 98,000 train images: their features and k-NN radii);
   2. prepare's throughput (images/s, the whole stage: decode, resize, split, hash, write) next to plain PIL
      decoding of the same files (Image.open + convert("RGB") + np.asarray, one process), measured in this run.
 
@@ -37,6 +40,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 LIMIT_GB = 1.5
+STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_gan")
 # VmHWM (/proc/self/status): the peak RSS of this process's own address space, which exec starts afresh.
 # Not ru_maxrss: Linux carries the parent's high-water mark into a forked child's ru_maxrss, so a child of this
 # bench (whose data generation peaks near 2 GB) would report the bench's peak, not its own.
@@ -100,17 +104,19 @@ def project_params(data_dir: Path, size: int) -> dict:
     one_step = {"train_images": 64, "batch_size": 64, "log_every_images": 64, "checkpoint_every_images": 64}
     params["evaluator"].update(one_step)
     params["vae"].update(one_step, ae_baseline=False, kl_warmup_images=0)
+    params["ldm"].update(one_step, fid_every_images=10**9)
+    params["gan"].update(one_step, fid_every_images=64)  # one cheap FID: 200 samples against the whole train split
     return params
 
 
 def stages(work: Path, images: Path, size: int, env: dict[str, str]) -> dict[str, dict]:
-    """prepare, then one step of train_evaluator and of train_vae, each in its own process, in a project under
+    """prepare, then one step of each training stage in STAGES, each in its own process, in a project under
     `work` reading `images`."""
     project = work / "project"
     project.mkdir(parents=True, exist_ok=True)
     (project / "params.yaml").write_text(yaml.safe_dump(project_params(images, size)))
     rows = {}
-    for stage in ("prepare", "train_evaluator", "train_vae"):
+    for stage in STAGES:
         rows[stage] = run_stage(project, stage, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}"})
         print(work.name, stage, rows[stage], flush=True)
     return rows

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from genlab.checkpoint import save_snapshot
 from genlab.data.store import to_uint8
-from genlab.metrics.fid import ImageSet, class_accuracy, compute
+from genlab.metrics.fid import ImageSet, class_accuracy, compute_tier, make_extractor
 from genlab.models.evaluator import Evaluator
 
 CONFIG = {"network": {"in_channels": 1, "num_classes": 10, "width": 8}, "image_size": 16}
@@ -64,7 +64,8 @@ def sets() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def metrics(evaluator: tuple[Evaluator, Path], sets: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
     gen, ref = sets
-    return compute(gen, ref, evaluator[1], kid_subset_size=50, pr_neighbourhood=3, batch_size=64)
+    return compute_tier(gen, ref, make_extractor(evaluator[1], None), kid_subset_size=50, pr_neighbourhood=3,
+                        batch_size=64)
 
 
 def test_image_set_is_uint8_rgb() -> None:
@@ -97,14 +98,15 @@ def test_fid_of_a_set_against_itself_is_zero(evaluator: tuple[Evaluator, Path],
                                              sets: tuple[torch.Tensor, torch.Tensor],
                                              metrics: dict[str, float]) -> None:
     gen, _ = sets
-    same = compute(gen, gen, evaluator[1], kid_subset_size=50, pr_neighbourhood=3)
+    same = compute_tier(gen, gen, make_extractor(evaluator[1], None), kid_subset_size=50, pr_neighbourhood=3)
     assert abs(same["fid"]) < 1e-3 * metrics["fid"]
     assert abs(same["kid_mean"]) < abs(metrics["kid_mean"])
     assert same["precision"] == pytest.approx(1.0) and same["recall"] == pytest.approx(1.0)
 
 
 def test_kid_subset_is_clipped_to_sample_count(evaluator: tuple[Evaluator, Path]) -> None:
-    out = compute(_images(30, 3), _images(40, 4), evaluator[1], kid_subset_size=1000, pr_neighbourhood=3)
+    out = compute_tier(_images(30, 3), _images(40, 4), make_extractor(evaluator[1], None), kid_subset_size=1000,
+                       pr_neighbourhood=3)
     assert np.isfinite(out["kid_mean"]) and np.isfinite(out["fid"])
 
 

@@ -28,16 +28,17 @@ from genlab.metrics.fid import (
     EXTRACTOR_NOTE,
     Extractor,
     ImageSet,
-    compute,
     compute_tier,
     extract_features,
     make_extractor,
     per_class_fid,
+    prc_batch_size,
 )
 from genlab.metrics.reference import (
     cached_reference,
     compute_reference,
     load_reference,
+    reference_in_process,
     reference_key,
     save_reference,
     score_against,
@@ -209,8 +210,7 @@ def test_score_against_cached_reference_equals_calculate_metrics(
     theirs = _fidelity(gen, ref, "genlab-evaluator", evaluators[0], batch_size=32)
     _assert_same(ours, theirs)
     assert theirs["fid"] > 0 and 0 < theirs["precision"] < 1
-    assert compute(gen, ref, evaluators[0], KID, PR, batch_size=32) == \
-        compute_tier(gen, ref, offline, KID, PR, batch_size=32) == ours
+    assert compute_tier(gen, ref, offline, KID, PR, batch_size=32) == ours
 
 
 def test_score_against_refuses_another_extractor(saved_reference: tuple[refstats.ReferenceStats, Path],
@@ -232,19 +232,55 @@ def test_cached_reference_is_computed_once_per_key(monkeypatch: pytest.MonkeyPat
     assert len(calls) == 2 and load_reference(path, changed.key).key == reference_key("e" * 64, offline)
 
 
+def test_reference_in_process_extracts_once_per_reference(monkeypatch: pytest.MonkeyPatch,
+                                                          offline: Extractor) -> None:
+    calls = []
+    real = refstats.compute_reference
+    monkeypatch.setattr(refstats, "compute_reference", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    images = _images(20, 6)
+    first = reference_in_process(images, offline, DATA_HASH)
+    assert reference_in_process(images, offline, DATA_HASH) is first and len(calls) == 1
+    other = reference_in_process(images, offline, "e" * 64)  # another data version: extracted again
+    assert len(calls) == 2 and other.key == reference_key("e" * 64, offline)
+    assert torch.equal(first.features, compute_reference(images, offline, "k").features)
+    # the reference's k-NN radii (N² distances) are computed once for every score against it
+    sizes = []
+    real_radii = refstats.knn_radii
+    monkeypatch.setattr(refstats, "knn_radii", lambda f, k, b: sizes.append(len(f)) or real_radii(f, k, b))
+    scores = [score_against(_images(12, s), other, offline, KID, PR) for s in (7, 8)]
+    assert sizes == [20, 12, 12] and scores[0] != scores[1]
+
+
+def test_precision_recall_blocks_bound_memory_and_keep_the_numbers() -> None:
+    """Blocks of prc_batch_size rows give torch-fidelity's numbers with its default 10,000-row block, and keep a
+    block (rows x reference size) near PRC_BLOCK floats for a large reference."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    g = torch.Generator().manual_seed(0)
+    gen, real = torch.randn(300, 16, generator=g), torch.randn(500, 16, generator=g) * 1.2
+    default = prc_features_to_metric(gen, real, prc_neighborhood=3, save_cpu_ram=True, verbose=False)
+    blocked = prc_features_to_metric(gen, real, prc_neighborhood=3, save_cpu_ram=True, verbose=False,
+                                     prc_batch_size=37)
+    assert blocked == default and 0 < default["precision"] < 1 and 0 < default["recall"] < 1
+    assert prc_batch_size(360, 1437) == 10_000  # the default pipeline: torch-fidelity's own block
+    assert prc_batch_size(1000, 98_000) == 342 and 342 * 98_000 <= 2**25
+    assert prc_batch_size(10, 10**9) == 64
+
+
 # ---- per-class FID ---------------------------------------------------------------------------------------
 
 def test_per_class_fid_equals_fid_of_each_class_subset(evaluators: tuple[Path, Path], offline: Extractor) -> None:
     gen_labels, ref_labels = torch.arange(3).repeat_interleave(20), torch.arange(75) % 3
     gen = torch.cat([_images(20, 10 + c, shift=0.2 * c) for c in range(3)])  # class c: shifted by 0.2 c
     ref = _images(75, 20)
-    per_class = per_class_fid(gen, gen_labels, ref, ref_labels, offline, batch_size=32)
+    ref_features = extract_features(ref, offline, batch_size=32)
+    per_class = per_class_fid(gen, gen_labels, ref_features, ref_labels, offline, batch_size=32)
     assert set(per_class) == {0, 1, 2}
     for c, value in per_class.items():
-        direct = compute(gen[gen_labels == c], ref[ref_labels == c], evaluators[0], KID, PR, batch_size=32)["fid"]
+        direct = compute_tier(gen[gen_labels == c], ref[ref_labels == c], offline, KID, PR, batch_size=32)["fid"]
         assert value == pytest.approx(direct, rel=1e-6) and value > 0
     with pytest.raises(GenlabError, match="class 3"):
-        per_class_fid(gen[:5], torch.tensor([0, 0, 1, 1, 3]), ref, ref_labels, offline)
+        per_class_fid(gen[:5], torch.tensor([0, 0, 1, 1, 3]), ref_features, ref_labels, offline)
 
 
 # ---- standard tier: torch-fidelity's Inception-v3 from a supplied file -------------------------------------

@@ -24,8 +24,8 @@ def test_r1_of_a_linear_critic_is_its_squared_weight_norm() -> None:
 def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     import genlab.stages.common as common
 
-    monkeypatch.setattr(common.fid, "compute", lambda images, *a, **k: {"fid": float(images.sum())})
-    class Train(list):  # 1000 training images; CheapFID reads their count and passes .images on
+    monkeypatch.setattr(common, "train_scores", lambda ctx, data, images, *a, **k: {"fid": float(images.sum())})
+    class Train(list):  # 1000 training images; CheapFID reads their count
         images = None
 
     data = SimpleNamespace(manifest={"num_classes": 10}, train=Train([0] * 1000))

@@ -1,4 +1,4 @@
-"""uint8 image arrays in safetensors files: written as a stream, read through a memory map.
+"""Arrays in safetensors files, written as a stream and read through a memory map: uint8 images, float32 latents.
 
 A prepared split is one safetensors file (labels, attributes, images). Its images are never loaded whole:
 `Images` maps the file for each read and copies out only the rows asked for, so a stage's memory does not
@@ -26,7 +26,7 @@ import torch
 
 from genlab.errors import GenlabError, StorageError
 
-DTYPES = {"U8": np.uint8, "I64": np.int64}  # the safetensors dtype codes genlab writes
+DTYPES = {"U8": np.uint8, "I64": np.int64, "F32": np.float32}  # the safetensors dtype codes genlab writes
 # Scattered rows read through one map. A fault on a mapped file maps the whole page-cache folio around it (up
 # to 2 MB), and mapped pages count as resident: 2,048 scattered 12 KB rows of a 1.2 GB file raised a process's
 # peak RSS by 1.07 GB (measured; MADV_RANDOM did not change it). 256 rows per map bound that to ~130 MB.
@@ -98,44 +98,56 @@ def read_header(path: Path) -> tuple[dict, int]:
     return table, 8 + n
 
 
-class Images:
-    """(N, C, S, S) uint8 images stored in a file at a byte offset, read through a memory map per access.
+class Rows:
+    """An (N, ...) array stored in a file at a byte offset, read through a memory map per access.
 
-    `images[idx]` (an int, a slice, or an index tensor/array) is float32 in [-1, 1], what the networks
-    take; `images.uint8(idx)` the stored bytes. Each read maps the file, copies the rows and closes the map, so
-    no page of the file stays resident in the process; scattered rows are read `MAP_ROWS` per map."""
+    `rows.read(idx)` (an int, a slice, or an index tensor/array) copies the rows asked for. Each read maps the
+    file, copies the rows and closes the map, so no page of the file stays resident in the process; scattered
+    rows are read `MAP_ROWS` per map."""
 
-    def __init__(self, path: Path, offset: int, shape: tuple[int, ...]) -> None:
-        self.path, self.offset, self.shape = Path(path), offset, tuple(int(s) for s in shape)
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...], dtype: str = "U8") -> None:
+        self.path, self.offset, self.shape, self.dtype = Path(path), offset, tuple(int(s) for s in shape), dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __repr__(self) -> str:
-        return f"Images({self.path.name}, {self.shape})"
+        return f"{type(self).__name__}({self.path.name}, {self.shape}, {self.dtype})"
 
-    def uint8(self, idx: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+    def read(self, idx: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        np_dtype = DTYPES[self.dtype]
         if isinstance(idx, torch.Tensor):
             idx = idx.numpy()
         if isinstance(idx, np.ndarray) and idx.dtype == bool:
             idx = np.flatnonzero(idx)
         if not len(self):
-            return torch.zeros((0, *self.shape[1:]), dtype=torch.uint8)[idx]
+            return torch.from_numpy(np.zeros((0, *self.shape[1:]), dtype=np_dtype)[idx])
         if isinstance(idx, np.ndarray) and len(idx) > MAP_ROWS:  # scattered rows: a bounded number per map
-            return torch.cat([self.uint8(idx[i:i + MAP_ROWS]) for i in range(0, len(idx), MAP_ROWS)])
+            return torch.cat([self.read(idx[i:i + MAP_ROWS]) for i in range(0, len(idx), MAP_ROWS)])
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            view = np.frombuffer(mm, np.uint8, count=math.prod(self.shape), offset=self.offset).reshape(self.shape)
+            view = np.frombuffer(mm, np_dtype, count=math.prod(self.shape), offset=self.offset).reshape(self.shape)
             rows = np.array(view[idx])  # a copy
             del view  # the map's only export: closing it at the end of `with` unmaps it now (BufferError if not)
         return torch.from_numpy(rows)
 
-    def __getitem__(self, idx: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
-        return to_float(self.uint8(idx))
-
     def chunks(self, size: int = 4096) -> Iterator[torch.Tensor]:
-        """Every image in order, `size` at a time, as uint8."""
+        """Every row in order, `size` at a time, as stored."""
         for start in range(0, len(self), size):
-            yield self.uint8(slice(start, start + size))
+            yield self.read(slice(start, start + size))
+
+
+class Images(Rows):
+    """(N, C, S, S) uint8 images: `images[idx]` is float32 in [-1, 1], what the networks take; `images.uint8(idx)`
+    the stored bytes."""
+
+    def __init__(self, path: Path, offset: int, shape: tuple[int, ...]) -> None:
+        super().__init__(path, offset, shape, "U8")
+
+    def uint8(self, idx: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        return self.read(idx)
+
+    def __getitem__(self, idx: int | slice | torch.Tensor | np.ndarray) -> torch.Tensor:
+        return to_float(self.read(idx))
 
     def all(self) -> torch.Tensor:
         """Every image as one float tensor: for small splits only (a test split, a sample set)."""
@@ -151,3 +163,12 @@ def images_of(path: Path, key: str = "images") -> Images:
                           f"{spec.get('dtype') if isinstance(spec, dict) else 'none'} "
                           f"{tuple(spec.get('shape', ())) if isinstance(spec, dict) else ''}; rerun `genlab prepare`")
     return Images(path, start + spec["data_offsets"][0], tuple(spec["shape"]))
+
+
+def rows_of(path: Path, key: str, dtype: str) -> Rows:
+    """The tensor `key` (of safetensors dtype `dtype`) of a file written by `write`, memory-mapped."""
+    table, start = read_header(path)
+    spec = table[key]
+    if spec["dtype"] != dtype:
+        raise GenlabError(f"{path}: {key}: expected {dtype}, got {spec['dtype']}")
+    return Rows(path, start + spec["data_offsets"][0], tuple(spec["shape"]), dtype)

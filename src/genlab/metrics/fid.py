@@ -156,6 +156,19 @@ class ImageSet(torch.utils.data.Dataset):
         return u8.expand(3, -1, -1) if u8.shape[0] == 1 else u8
 
 
+# Precision/recall compares every generated feature with every reference feature in blocks of `prc_batch_size`
+# rows; torch-fidelity's default (10,000) makes a 10,000 x N float32 block, 3.9 GB against 98,000 reference
+# images. `prc_batch_size` keeps a block near PRC_BLOCK floats (the same blocks, hence the same numbers, below
+# 3,355 images).
+PRC_BLOCK = 2**25  # 128 MB of float32 distances
+
+
+def prc_batch_size(*counts: int) -> int:
+    """Rows per precision/recall distance block for feature sets of these sizes: at most 10,000 (torch-fidelity's
+    default) and at most PRC_BLOCK / max(counts), at least 64."""
+    return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
+
+
 def relabel(m: dict[str, float]) -> dict[str, float]:
     """torch-fidelity's "inception" keys -> genlab's neutral names (whatever the extractor)."""
     return {
@@ -175,16 +188,10 @@ def compute_tier(generated: torch.Tensor, reference: torch.Tensor, extractor: Ex
     m = torch_fidelity.calculate_metrics(
         input1=ImageSet(generated), input2=ImageSet(reference), cuda=cuda, batch_size=batch_size,
         fid=True, kid=True, prc=True, **extractor.fidelity_kwargs(), kid_subset_size=subset,
-        prc_neighborhood=pr_neighbourhood, cache=False, verbose=False, save_cpu_ram=True,
+        prc_neighborhood=pr_neighbourhood, prc_batch_size=prc_batch_size(len(generated), len(reference)), cache=False,
+        verbose=False, save_cpu_ram=True,
     )
     return relabel(m)
-
-
-def compute(generated: torch.Tensor, reference: torch.Tensor, evaluator_path: Path, kid_subset_size: int,
-            pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
-    """`compute_tier` in the offline tier (genlab-evaluator features)."""
-    return compute_tier(generated, reference, make_extractor(evaluator_path, None), kid_subset_size,
-                        pr_neighbourhood, batch_size, cuda)
 
 
 @functools.lru_cache(maxsize=2)
@@ -210,12 +217,13 @@ def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
     return float(fid_statistics_to_metric(s1, s2, verbose=False)[KEY_METRIC_FID])
 
 
-def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, ref_images: torch.Tensor,
+def per_class_fid(gen_images: torch.Tensor, gen_labels: torch.Tensor, ref_features: torch.Tensor,
                   ref_labels: torch.Tensor, extractor: Extractor, batch_size: int = 256,
                   cuda: bool = False) -> dict[int, float]:
-    """FID of each generated class against the same class of the reference, features extracted once."""
+    """FID of each generated class against the same class of the reference (its (N, D) features, extracted once
+    by `extract_features`)."""
     gen = extract_features(gen_images, extractor, batch_size, cuda)
-    ref = extract_features(ref_images, extractor, batch_size, cuda)
+    ref = ref_features.to(gen.dtype)
     gen_labels, ref_labels = gen_labels.cpu(), ref_labels.cpu()
     out = {}
     for c in sorted(set(gen_labels.tolist())):

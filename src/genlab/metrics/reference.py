@@ -23,11 +23,11 @@ import torch
 from safetensors.torch import safe_open
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_features_to_metric
-from torch_fidelity.metric_prc import prc_features_to_metric
+from torch_fidelity.metric_prc import calc_cdist_part
 
 from genlab.checkpoint import first_line, read_safetensors, safetensors_bytes
 from genlab.errors import GenlabError
-from genlab.metrics.fid import Extractor, extract_features, relabel
+from genlab.metrics.fid import Extractor, extract_features, prc_batch_size, relabel
 from genlab.paths import atomic_write
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,22 @@ def cached_reference(path: Path, images: torch.Tensor, extractor: Extractor, dat
     return stats
 
 
+_IN_PROCESS: dict[tuple[str, int, bool], ReferenceStats] = {}
+
+
+def reference_in_process(images: torch.Tensor, extractor: Extractor, data_hash: str, batch_size: int = 256,
+                         cuda: bool = False) -> ReferenceStats:
+    """The reference statistics of `images` (the split with content hash `data_hash`), extracted once per process
+    and kept in memory: a training stage scores against the train split many times (its FID curve), and each
+    extraction reads every image."""
+    key = reference_key(data_hash, extractor)
+    memo = (key, batch_size, cuda)
+    if memo not in _IN_PROCESS:
+        _IN_PROCESS.clear()  # one reference at a time: its features are N x D
+        _IN_PROCESS[memo] = compute_reference(images, extractor, key, batch_size, cuda)
+    return _IN_PROCESS[memo]
+
+
 def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor: Extractor, kid_subset_size: int,
                   pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
     """FID, KID (mean, std) and precision/recall of `generated_images` against cached reference features."""
@@ -143,7 +159,39 @@ def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor
     gen_stats = fid_features_to_statistics(gen)
     ref_stats = {k: v.astype(gen_stats[k].dtype) for k, v in (("mu", ref.mu), ("sigma", ref.sigma))}
     subset = min(kid_subset_size, len(gen), len(real))
+    precision, recall = precision_recall(gen, real, reference_radii(ref, pr_neighbourhood), pr_neighbourhood)
     m = {**fid_statistics_to_metric(gen_stats, ref_stats, verbose=False),
          **kid_features_to_metric(gen, real, kid_subset_size=subset, verbose=False),
-         **prc_features_to_metric(gen, real, prc_neighborhood=pr_neighbourhood, save_cpu_ram=True, verbose=False)}
+         "precision": precision, "recall": recall}
     return relabel(m)
+
+
+def knn_radii(features: torch.Tensor, k: int, batch: int) -> torch.Tensor:
+    """Each feature's distance to its k-th nearest other feature (the (k+1)-th smallest distance, itself being
+    the first): the radius of its ball in improved precision/recall (Kynkäänniemi et al. 2019, eq. 1-2)."""
+    return torch.cat([calc_cdist_part(b, features, batch).kthvalue(k + 1).values for b in features.split(batch)])
+
+
+_RADII: dict[str, object] = {}
+
+
+def reference_radii(ref: ReferenceStats, k: int) -> torch.Tensor:
+    """`knn_radii` of the reference features, computed once per process for the reference last asked about: they
+    cost N² distances (98,000 train images: 10^10), and every score against the same reference reuses them."""
+    if _RADII.get("features") is not ref.features or _RADII.get("k") != k:
+        real = ref.features.float()
+        _RADII.update(features=ref.features, k=k, radii=knn_radii(real, k, prc_batch_size(len(real))))
+    return _RADII["radii"]  # type: ignore[return-value]
+
+
+def precision_recall(gen: torch.Tensor, real: torch.Tensor, real_radii: torch.Tensor, k: int) -> tuple[float, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019): precision = the fraction of generated features
+    inside some real feature's k-NN ball, recall = the fraction of real features inside some generated one's.
+    torch-fidelity's `calculate_precision_recall_part`, step for step, with the real radii passed in."""
+    batch = prc_batch_size(len(gen), len(real))
+    gen_radii = knn_radii(gen, k, batch)
+    recall = torch.cat([(calc_cdist_part(b, gen, batch) <= gen_radii).any(dim=1).float()
+                        for b in real.split(batch)]).mean().item()
+    precision = torch.cat([(calc_cdist_part(b, real, batch) <= real_radii).any(dim=1).float()
+                           for b in gen.split(batch)]).mean().item()
+    return precision, recall

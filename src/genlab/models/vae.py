@@ -47,7 +47,7 @@ class VAE(nn.Module):
     def __init__(self, in_channels: int = 1, base_channels: int = 32, latent_channels: int = 4,
                  downsample: int = 1) -> None:
         super().__init__()
-        self.downsample = downsample
+        self.downsample, self.latent_channels = downsample, latent_channels
         self.encoder = Encoder(in_channels, base_channels, latent_channels, downsample)
         self.decoder = Decoder(in_channels, base_channels, latent_channels, downsample)
 

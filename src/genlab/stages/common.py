@@ -20,6 +20,7 @@ from genlab.config import TrainConfig, flatten, to_json
 from genlab.data import splits
 from genlab.images import save_curves
 from genlab.metrics import fid
+from genlab.metrics.reference import reference_in_process, score_against
 from genlab.paths import Paths, atomic_write, read_json
 from genlab.randomness import derive_seed
 from genlab.training import Trainable, checkpoint_run_id, final_state
@@ -105,6 +106,16 @@ def training_summary(ctx: Context, stage: str) -> dict[str, Any]:
     return read_json(ctx.paths.metrics(stage), ("images_seen", "train_seconds", "mlflow_run_id"), stage)
 
 
+def train_scores(ctx: Context, data: Data, images: torch.Tensor, kid_subset_size: int, pr_neighbourhood: int,
+                 batch_size: int = 256) -> dict[str, float]:
+    """FID, KID and precision/recall of `images` against the train split in evaluator features (offline tier), the
+    train features extracted once per process (`reference_in_process`)."""
+    cuda = ctx.device.type == "cuda"
+    extractor = fid.make_extractor(ctx.paths.model("evaluator") / "model.safetensors", None)
+    ref = reference_in_process(data.train.images, extractor, data.hash, batch_size, cuda)
+    return score_against(images, ref, extractor, kid_subset_size, pr_neighbourhood, batch_size, cuda)
+
+
 class CheapFID:
     """FID of a few samples during training (evaluator features vs the train split), logged as a curve.
 
@@ -120,15 +131,13 @@ class CheapFID:
         k = data.manifest["num_classes"]
         self.labels = torch.arange(n) % max(k, 1)  # k = 0 (unlabelled): all 0, ignored by unconditional models
         self.seeds = [derive_seed(ctx.seed, "cheap-fid", i) for i in range(n)]
-        self.evaluator = ctx.paths.model("evaluator") / "model.safetensors"
 
     def __call__(self, images_seen: int) -> dict[str, float]:
         """Due on the first logged row at or past each multiple of `every` (stateless: resumes exactly)."""
         if self.every <= 0 or images_seen // self.every == (images_seen - self.spacing) // self.every:
             return {}
         images = self.sample(self.labels, self.seeds)
-        m = fid.compute(images, self.data.train.images, self.evaluator, kid_subset_size=50, pr_neighbourhood=3,
-                        cuda=self.ctx.device.type == "cuda")
+        m = train_scores(self.ctx, self.data, images, kid_subset_size=50, pr_neighbourhood=3)
         return {"cheap_fid": m["fid"]}
 
 

@@ -18,13 +18,16 @@ import torch
 from genlab import inputs
 from genlab.config import DiffusionConfig, unet_levels
 from genlab.data import sources
+from genlab.data.store import Rows
+from genlab.device import inference_batch
 from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
 from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
 from genlab.diffusion.schedules import alpha_bar
+from genlab.latent_cache import posterior_cache
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
-from genlab.models.vae import reparameterize
+from genlab.models.vae import VAE, reparameterize
 from genlab.paths import staged_dir
 from genlab.randomness import generator, seeded
 from genlab.sampling import seeded_normal
@@ -104,24 +107,33 @@ class Conditioner:
 def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
     data: Data = load_data(ctx)
     inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
+    if space != "latent":
+        return _train(stage, name, cfg, ctx, data, space, vae=None, posterior=None, scale=1.0)
+    vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
+    # the train split's q(z|x), encoded once into a file next to the checkpoint and read per batch
+    with posterior_cache(vae, data.train.images, ctx.device, ctx.paths.checkpoint(stage).with_suffix(".latents")) \
+            as posterior:
+        return _train(stage, name, cfg, ctx, data, space, vae, posterior, float(vae_cfg["latent_scale"]))
+
+
+def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data, space: str, vae: VAE | None,
+           posterior: Rows | None, scale: float) -> dict:
+    """Train in `space`: "latent" (x_0 = z * scale, z drawn from the `posterior` rows of `vae`) or "pixel"."""
     num_classes = data.manifest["num_classes"]
     extra: dict = {"space": space}
-    if space == "latent":
+    if vae is not None and posterior is not None:
         vae_dir = ctx.paths.model("vae")
-        vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
-        scale = float(vae_cfg["latent_scale"])
-        mean, logvar = encode(vae, data.train.images, ctx.device)
         t_mean, _ = encode(vae, data.test.images, ctx.device)
         test_x0 = t_mean * scale
         vae_hash = hashlib.sha256((vae_dir / "model.safetensors").read_bytes()).hexdigest()
         extra.update(latent_scale=scale, vae_sha256=vae_hash)
 
         def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            eps = torch.randn(mean[idx].shape, generator=g)
-            return reparameterize(mean[idx], logvar[idx], eps) * scale  # scaled latents, unit variance
-        shape = list(mean.shape[1:])
+            mean, logvar = posterior.read(idx).chunk(2, dim=1)
+            eps = torch.randn(mean.shape, generator=g)
+            return reparameterize(mean, logvar, eps) * scale  # scaled latents, unit variance
+        shape = list(t_mean.shape[1:])
     else:
-        vae = None
         test_x0 = data.test.images.all()
         extra["latent_scale"] = 1.0
         vae_hash = ""
@@ -191,9 +203,10 @@ def bits_per_dim(cfg: DiffusionConfig, ema: UNet, cond: Conditioner, x0: torch.T
     dimension of the space it models (continuous density: compare only within one space)."""
     ema.eval()
     g = generator(ctx.seed, "nll")
+    b = min(256, inference_batch(x0.shape[-1]))  # 256 up to 22 px (latents, 16-px images); 32 at 64 px
     total = []
-    for i in range(0, len(x0), 256):
-        model = cond.model(ema, labels[i : i + 256], None, 0.0)
+    for i in range(0, len(x0), b):
+        model = cond.model(ema, labels[i : i + b], None, 0.0)
         denoise = as_eps_denoiser(lambda x, t, m=model: m(x, t, None), cfg.prediction, ab)
-        total.append(nll_bound_bits_per_dim(denoise, x0[i : i + 256].to(ctx.device), ab, g, n_t=cfg.nll_timesteps))
+        total.append(nll_bound_bits_per_dim(denoise, x0[i : i + b].to(ctx.device), ab, g, n_t=cfg.nll_timesteps))
     return float(torch.cat(total).mean())

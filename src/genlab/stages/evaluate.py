@@ -58,7 +58,7 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
         if (s["labels"] >= 0).all():
             m.update(accuracies(evaluator, s["images"], s["labels"], data.manifest))
             if cfg.per_class_fid:
-                per = fid.per_class_fid(s["images"], s["labels"], data.train.images, data.train.labels, extractor,
+                per = fid.per_class_fid(s["images"], s["labels"], ref.features, data.train.labels, extractor,
                                         batch_size=cfg.batch_size, cuda=cuda)
                 m["per_class_fid"] = {str(c): v for c, v in per.items()}
         results[family] = m

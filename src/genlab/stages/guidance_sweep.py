@@ -25,7 +25,7 @@ from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DiffusionSampler, generate, image_seeds
-from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
+from genlab.stages.common import Context, Data, load_data, stage_run, train_scores, write_metrics
 from genlab.stages.sample import diffusion_settings, sample_labels
 
 STAGE = "guidance_sweep"
@@ -36,8 +36,7 @@ def score(images: torch.Tensor, labels: torch.Tensor, data: Data, evaluator: Pat
           ctx: Context) -> dict:
     """FID, precision/recall and KID with the `evaluate` stage's settings (its table shows the prompt row),
     and class accuracy."""
-    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=ev.kid_subset_size,
-                    pr_neighbourhood=ev.pr_neighbourhood, batch_size=ev.batch_size, cuda=ctx.device.type == "cuda")
+    m = train_scores(ctx, data, images, ev.kid_subset_size, ev.pr_neighbourhood, ev.batch_size)
     out = {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"], "kid_mean": m["kid_mean"]}
     if data.manifest["num_classes"]:  # unlabelled data: no class accuracy
         out["class_accuracy"] = fid.class_accuracy(evaluator, images, label_attributes(data.manifest["source"], labels))

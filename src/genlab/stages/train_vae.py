@@ -21,6 +21,7 @@ from genlab import latent_tools as lt
 from genlab.config import VAEConfig, latent_side
 from genlab.device import inference_batch
 from genlab.images import save_grid
+from genlab.latent_cache import Moments, encode_batches, spread_rows
 from genlab.metrics import fid
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
 from genlab.paths import atomic_write, staged_dir
@@ -33,6 +34,7 @@ from genlab.stages.common import (
     load_data,
     save_training,
     stage_run,
+    train_scores,
 )
 from genlab.tracking import StageRun
 from genlab.training import Trainable, optimizer_step, train
@@ -47,13 +49,11 @@ def beta_at(cfg: VAEConfig, images_seen: int) -> float:
     return cfg.beta * min(1.0, images_seen / cfg.kl_warmup_images)
 
 
-@torch.no_grad()
 def encode(vae: VAE, images: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior parameters (mean, logvar) of every image, batched: each (N, latent, s, s) on CPU."""
-    vae.eval()
-    b = inference_batch(images.shape[-1])
-    parts = [vae.encode(images[i : i + b].to(device)) for i in range(0, len(images), b)]
-    return torch.cat([m.cpu() for m, _ in parts]), torch.cat([lv.cpu() for _, lv in parts])
+    """Posterior parameters (mean, logvar) of every image: each (N, latent, s, s) on CPU. For small sets (a test
+    split); a train split streams through `encode_batches`."""
+    parts = list(encode_batches(vae, images, device))
+    return torch.cat([m for m, _ in parts]), torch.cat([lv for _, lv in parts])
 
 
 @torch.no_grad()
@@ -63,10 +63,30 @@ def decode(vae: VAE, z: torch.Tensor, device: torch.device) -> torch.Tensor:
     return torch.cat([vae.decode(z[i : i + b].to(device)).clamp(-1, 1).cpu() for i in range(0, len(z), b)])
 
 
-def latent_scale(mean: torch.Tensor, logvar: torch.Tensor, seed: int) -> float:
-    """1 / std of latents z ~ q(z|x) over the training set, so the diffusion model sees unit variance."""
-    z = reparameterize(mean, logvar, torch.randn(mean.shape, generator=generator(seed, "latent-scale")))
-    return float(1.0 / z.std())
+# rows of train posterior means kept for the latent pictures (PCA directions, class means): bounded, spread over
+# the split (every row of a smaller one)
+PICTURE_ROWS = 8192
+
+
+def train_latents(vae: VAE, data: Data, device: torch.device, seed: int) -> tuple[float, torch.Tensor]:
+    """One pass over the train split: the latent scale, 1 / std of latents z ~ q(z|x) (so the diffusion model sees
+    unit variance), and the posterior means of `PICTURE_ROWS` rows spread over the split."""
+    g, moments = generator(seed, "latent-scale"), Moments()
+    keep, kept, start = spread_rows(len(data.train), PICTURE_ROWS), [], 0
+    for mean, logvar in encode_batches(vae, data.train.images, device):
+        moments.add(reparameterize(mean, logvar, torch.randn(mean.shape, generator=g)))
+        rows = keep[(keep >= start) & (keep < start + len(mean))] - start
+        kept.append(mean[rows])
+        start += len(mean)
+    return 1.0 / moments.std(), torch.cat(kept)
+
+
+def mean_std(vae: VAE, data: Data, device: torch.device) -> float:
+    """Std of the train split's posterior means (a plain autoencoder's latents), in one pass."""
+    moments = Moments()
+    for mean, _ in encode_batches(vae, data.train.images, device):
+        moments.add(mean)
+    return moments.std()
 
 
 def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
@@ -96,17 +116,17 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
     return trainable
 
 
-def scored(images: torch.Tensor, data: Data, evaluator: Path, ctx: Context) -> dict[str, float]:
+def scored(images: torch.Tensor, data: Data, ctx: Context) -> dict[str, float]:
     """FID and friends against the train split, with the evaluate stage's protocol."""
-    m = fid.compute(images, data.train.images, evaluator, kid_subset_size=100, pr_neighbourhood=3,
-                    cuda=ctx.device.type == "cuda")
+    m = train_scores(ctx, data, images, kid_subset_size=100, pr_neighbourhood=3)
     return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"]}
 
 
 def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_mean: torch.Tensor,
                     t_mean: torch.Tensor, out: Path) -> dict | None:
-    """Interpolations, traversals and (labelled data) class arithmetic from the test posterior means; returns the
-    arithmetic's images and target attributes, None on unlabelled data."""
+    """Interpolations, traversals and (labelled data) class arithmetic from the test posterior means and train
+    posterior means (`train_mean`: rows `PICTURE_ROWS` spread over the split); returns the arithmetic's images and
+    target attributes, None on unlabelled data."""
     dev, n = ctx.device, cfg.interpolation_steps
     pairs = [(i, i + 1) for i in range(0, min(16, len(t_mean) - 1), 2)]
     for name, path in (("interpolation_linear", lt.lerp), ("interpolation_spherical", lt.slerp)):
@@ -118,7 +138,8 @@ def latent_pictures(vae: VAE, cfg: VAEConfig, ctx: Context, data: Data, train_me
     if not data.train.attributes.shape[1]:
         return None
     # the concept is the first attribute: the digit, or a shape's colour
-    concept, test_concept = data.train.attributes[:, 0], data.test.attributes[:, 0]
+    concept = data.train.attributes[spread_rows(len(data.train), PICTURE_ROWS), 0]
+    test_concept = data.test.attributes[:, 0]
     means = lt.class_means(train_mean, concept)
     k = means.shape[0]
     sources = torch.tensor([int((test_concept == c).nonzero()[0, 0]) for c in range(k)])
@@ -145,10 +166,9 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
     with stage_run(ctx, STAGE, cfg, data.hash, resume=resume) as mlrun:
         trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
         vae = trainable.modules["vae"]
-        mean, logvar = encode(vae, data.train.images, ctx.device)
-        scale = latent_scale(mean, logvar, ctx.seed)
-        latent_shape = list(mean.shape[1:])
+        scale, train_mean = train_latents(vae, data, ctx.device, ctx.seed)
         t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
+        latent_shape = list(t_mean.shape[1:])
         test_rec = decode(vae, t_mean, ctx.device)
         test_images = data.test.images.all()  # read once: both reconstruction errors compare against it
         prior = torch.randn((n_eval, *latent_shape), generator=generator(ctx.seed, "vae-prior"))
@@ -157,8 +177,8 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             "test_mse": float(F.mse_loss(test_rec, test_images)),
             "test_kl": float(kl_to_standard_normal(t_mean, t_logvar).mean()),
             "latent_scale": scale,
-            "rfid": scored(test_rec, data, evaluator, ctx)["fid"],
-            **{f"prior_{k}": v for k, v in scored(vae_prior, data, evaluator, ctx).items()},
+            "rfid": scored(test_rec, data, ctx)["fid"],
+            **{f"prior_{k}": v for k, v in scored(vae_prior, data, ctx).items()},
         }
         snapshot_cfg = {"network": network, "latent_shape": latent_shape, "latent_scale": scale, "image_size": s}
         out_dir = ctx.paths.model("vae")
@@ -170,18 +190,17 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             pairs = torch.stack([data.test.images[:50], test_rec[:50]], 1).flatten(0, 1)
             save_grid(pairs, out / "reconstructions.png", nrow=10)
             save_grid(vae_prior[:64], out / "prior_samples.png", nrow=8)
-            arith = latent_pictures(vae, cfg, ctx, data, mean, t_mean, out)
+            arith = latent_pictures(vae, cfg, ctx, data, train_mean, t_mean, out)
             if arith is not None:
                 first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
                 metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
             if cfg.ae_baseline:
                 ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"]
-                ae_mean, _ = encode(ae, data.train.images, ctx.device)
                 # random latents at the AE's own scale: N(0, std^2 I), std of its training latents
-                ae_prior = decode(ae, prior * ae_mean.std(), ctx.device)
+                ae_prior = decode(ae, prior * mean_std(ae, data, ctx.device), ctx.device)
                 ae_rec = decode(ae, encode(ae, data.test.images, ctx.device)[0], ctx.device)
                 metrics["ae_test_mse"] = float(F.mse_loss(ae_rec, test_images))
-                metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, evaluator, ctx).items()})
+                metrics.update({f"ae_prior_{k}": v for k, v in scored(ae_prior, data, ctx).items()})
                 save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
                 save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)

@@ -1,0 +1,69 @@
+"""The train split's posterior streamed in batches: its std, its cache file, the rows kept for pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.data import store
+from genlab.latent_cache import Moments, encode_batches, posterior_cache, spread_rows
+from genlab.models.vae import VAE
+
+
+def _images(tmp_path: Path, n: int, side: int = 16) -> store.Images:
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, (n, 1, side, side), dtype=np.uint8)
+    path = tmp_path / "split.safetensors"
+    store.write(path, [store.Entry("images", "U8", u8.shape, [u8[:7], u8[7:]])])
+    return store.images_of(path)
+
+
+def _vae() -> VAE:
+    torch.manual_seed(0)
+    return VAE(in_channels=1, base_channels=8, latent_channels=4, downsample=1)
+
+
+def test_moments_std_equals_torch_std_over_all_elements() -> None:
+    x = torch.randn(1000, 4, 3, 3, generator=torch.Generator().manual_seed(1)) * 2.5 + 0.7
+    m = Moments()
+    for part in x.split(77):
+        m.add(part)
+    assert m.n == x.numel()
+    assert m.std() == pytest.approx(float(x.double().std()), rel=1e-12)
+    with pytest.raises(ValueError, match="at least 2"):
+        Moments().std()
+
+
+def test_spread_rows_cover_the_split() -> None:
+    assert spread_rows(5, 8).tolist() == [0, 1, 2, 3, 4]
+    rows = spread_rows(100_000, 8192)
+    assert len(rows) == 8192 and rows[0] == 0 and rows[-1] == 99_999 and bool((rows.diff() > 0).all())
+
+
+def test_posterior_cache_holds_what_encode_gives_and_is_deleted(tmp_path: Path) -> None:
+    images, vae = _images(tmp_path, 600), _vae()  # 600 > one 16-px inference batch (512): two batches
+    parts = list(encode_batches(vae, images, torch.device("cpu")))
+    assert [len(m) for m, _ in parts] == [512, 88]
+    mean, logvar = torch.cat([m for m, _ in parts]), torch.cat([lv for _, lv in parts])
+    with torch.no_grad():
+        direct_mean, direct_logvar = vae.encode(images[:])
+    torch.testing.assert_close(mean, direct_mean, rtol=1e-5, atol=1e-6)
+    path = tmp_path / "cache" / "train_ldm.latents"
+    with posterior_cache(vae, images, torch.device("cpu"), path) as rows:
+        assert rows.shape == (600, 8, 8, 8) and path.is_file()
+        idx = torch.tensor([599, 3, 512, 511, 3])
+        m, lv = rows.read(idx).chunk(2, dim=1)
+        assert torch.equal(m, mean[idx]) and torch.equal(lv, logvar[idx])  # the bytes encode_batches gave
+        assert torch.equal(torch.cat(list(rows.chunks(256)))[:, :4], mean)
+    assert not path.exists()
+
+
+def test_posterior_cache_is_deleted_when_training_fails(tmp_path: Path) -> None:
+    path = tmp_path / "train_ldm.latents"
+    with pytest.raises(RuntimeError, match="boom"), posterior_cache(_vae(), _images(tmp_path, 20), torch.device("cpu"),
+                                                                    path):
+        raise RuntimeError("boom")
+    assert not path.exists()
