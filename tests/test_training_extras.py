@@ -10,7 +10,7 @@ import torch
 
 from genlab.config import GANConfig
 from genlab.models.gan import r1_penalty
-from genlab.stages.common import CheapFID
+from genlab.stages.train_fid import CheapFID
 from genlab.training import learning_rate
 
 
@@ -22,9 +22,9 @@ def test_r1_of_a_linear_critic_is_its_squared_weight_norm() -> None:
 
 
 def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pytest.MonkeyPatch) -> None:
-    import genlab.stages.common as common
+    import genlab.stages.train_fid as train_fid
 
-    monkeypatch.setattr(common, "train_scores", lambda ctx, data, images, *a, **k: {"fid": float(images.sum())})
+    monkeypatch.setattr(train_fid, "train_scores", lambda ctx, data, images, *a, **k: {"fid": float(images.sum())})
     class Train(list):  # 1000 training images; CheapFID reads their count
         images = None
 

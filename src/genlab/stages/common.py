@@ -16,13 +16,10 @@ from pydantic import BaseModel
 
 from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
-from genlab.config import TrainConfig, flatten, to_json
+from genlab.config import flatten, to_json
 from genlab.data import splits
 from genlab.images import save_curves
-from genlab.metrics import fid
-from genlab.metrics.reference import reference_in_process, score_against
 from genlab.paths import Paths, atomic_write, read_json
-from genlab.randomness import derive_seed
 from genlab.training import Trainable, checkpoint_run_id, final_state
 
 log = logging.getLogger(__name__)
@@ -106,42 +103,8 @@ def training_summary(ctx: Context, stage: str) -> dict[str, Any]:
     return read_json(ctx.paths.metrics(stage), ("images_seen", "train_seconds", "mlflow_run_id"), stage)
 
 
-def train_scores(ctx: Context, data: Data, images: torch.Tensor, kid_subset_size: int, pr_neighbourhood: int,
-                 batch_size: int = 256) -> dict[str, float]:
-    """FID, KID and precision/recall of `images` against the train split in evaluator features (offline tier), the
-    train features extracted once per process (`reference_in_process`)."""
-    cuda = ctx.device.type == "cuda"
-    extractor = fid.make_extractor(ctx.paths.model("evaluator") / "model.safetensors", None)
-    ref = reference_in_process(data.train.images, extractor, data.hash, batch_size, cuda)
-    return score_against(images, ref, extractor, kid_subset_size, pr_neighbourhood, batch_size, cuda)
-
-
-class CheapFID:
-    """FID of a few samples during training (evaluator features vs the train split), logged as a curve.
-
-    Meant to show the trend, not to rank models: small sample counts bias FID upwards. The `evaluate`
-    stage computes the full-size FID.
-    """
-
-    def __init__(self, ctx: Context, data: Data, cfg: TrainConfig, every_images: int, n: int,
-                 sample: Callable[[torch.Tensor, list[int]], torch.Tensor]) -> None:
-        self.ctx, self.data, self.every, self.sample = ctx, data, every_images, sample
-        batch = min(cfg.batch_size, len(data.train))
-        self.spacing = max(1, cfg.log_every_images // batch) * batch  # images between two logged rows
-        k = data.manifest["num_classes"]
-        self.labels = torch.arange(n) % max(k, 1)  # k = 0 (unlabelled): all 0, ignored by unconditional models
-        self.seeds = [derive_seed(ctx.seed, "cheap-fid", i) for i in range(n)]
-
-    def __call__(self, images_seen: int) -> dict[str, float]:
-        """Due on the first logged row at or past each multiple of `every` (stateless: resumes exactly)."""
-        if self.every <= 0 or images_seen // self.every == (images_seen - self.spacing) // self.every:
-            return {}
-        images = self.sample(self.labels, self.seeds)
-        m = train_scores(self.ctx, self.data, images, kid_subset_size=50, pr_neighbourhood=3)
-        return {"cheap_fid": m["fid"]}
-
-
-def logger(run: tracking.StageRun, cheap: CheapFID | None = None) -> Callable[[dict[str, float], int], dict]:
+def logger(run: tracking.StageRun,
+           cheap: Callable[[int], dict[str, float]] | None = None) -> Callable[[dict[str, float], int], dict]:
     """on_log for `train`: metrics to MLflow (step = images seen), plus the cheap FID when it is due."""
     def on_log(metrics: dict[str, float], images_seen: int) -> dict[str, float]:
         extra = cheap(images_seen) if cheap is not None else {}

@@ -32,7 +32,6 @@ from genlab.paths import staged_dir
 from genlab.randomness import generator, seeded
 from genlab.sampling import seeded_normal
 from genlab.stages.common import (
-    CheapFID,
     Context,
     Data,
     fingerprint,
@@ -42,6 +41,7 @@ from genlab.stages.common import (
     save_training,
     stage_run,
 )
+from genlab.stages.train_fid import CheapFID
 from genlab.stages.train_vae import encode
 from genlab.training import Trainable, learning_rate, optimizer_step, train
 

@@ -25,8 +25,9 @@ from genlab.images import save_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DiffusionSampler, generate, image_seeds
-from genlab.stages.common import Context, Data, load_data, stage_run, train_scores, write_metrics
+from genlab.stages.common import Context, Data, load_data, stage_run, write_metrics
 from genlab.stages.sample import diffusion_settings, sample_labels
+from genlab.stages.train_fid import train_scores
 
 STAGE = "guidance_sweep"
 log = logging.getLogger(__name__)

@@ -12,7 +12,6 @@ from genlab.paths import staged_dir
 from genlab.randomness import seeded
 from genlab.sampling import seeded_normal
 from genlab.stages.common import (
-    CheapFID,
     Context,
     fingerprint,
     finish_training,
@@ -21,6 +20,7 @@ from genlab.stages.common import (
     save_training,
     stage_run,
 )
+from genlab.stages.train_fid import CheapFID
 from genlab.training import Trainable, optimizer_step, train
 
 STAGE = "train_gan"

@@ -34,8 +34,8 @@ from genlab.stages.common import (
     load_data,
     save_training,
     stage_run,
-    train_scores,
 )
+from genlab.stages.train_fid import train_scores
 from genlab.tracking import StageRun
 from genlab.training import Trainable, optimizer_step, train
 

@@ -1,0 +1,73 @@
+"""dvc.yaml lists, for each stage, exactly the code it runs: the genlab modules `genlab.stages.<stage>` imports,
+directly or through other genlab modules. A missing one would let `dvc repro` keep outputs made by old code; an
+extra one would re-run a stage for a change that cannot touch it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+# code a stage runs without importing it: the registered model ships serving.py (tracking.SERVING_CODE)
+EXTRA = {"evaluate": {"src/genlab/serving.py"}}
+
+
+def module_file(name: str) -> Path | None:
+    p = SRC.joinpath(*name.split("."))
+    return p / "__init__.py" if (p / "__init__.py").is_file() else p.with_suffix(".py") if p.with_suffix(
+        ".py").is_file() else None
+
+
+def genlab_imports(path: Path) -> set[str]:
+    """Modules (and packages) of genlab that `path` imports, at any depth of its syntax tree."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+    # importing genlab.a.b runs genlab/__init__.py and genlab/a/__init__.py too
+    parents = {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
+    return {n for n in names | parents if n.startswith("genlab") and module_file(n)}
+
+
+def import_closure(module: str) -> set[str]:
+    """Every genlab source file that importing `module` executes, relative to the project root."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += genlab_imports(module_file(name))
+    return {str(module_file(n).relative_to(ROOT)) for n in seen}
+
+
+def covered(deps: list[str]) -> set[str]:
+    """The Python files under src/ that a stage's dependency paths (files or directories) cover."""
+    out: set[str] = set()
+    for d in deps:
+        p = ROOT / d
+        if d.startswith("src/"):
+            out |= {str(f.relative_to(ROOT)) for f in ([p] if p.is_file() else p.rglob("*.py"))}
+    return out
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_stage_code_deps_are_its_import_closure(stage: str) -> None:
+    deps = STAGES[stage]["deps"]
+    assert all((ROOT / d).exists() for d in deps if d.startswith("src/")), "a code dependency that does not exist"
+    want, have = import_closure(f"genlab.stages.{stage}") | EXTRA.get(stage, set()), covered(deps)
+    assert have == want, f"{stage}: missing {sorted(want - have)}, extra {sorted(have - want)}"
+
+
+def test_closure_follows_imports_inside_functions() -> None:
+    """A reference value: train_ldm reaches the text encoder only through an import inside a method."""
+    closure = import_closure("genlab.stages.train_ldm")
+    assert "src/genlab/models/text.py" in closure and "src/genlab/stages/diffusion_training.py" in closure
+    assert "src/genlab/cli.py" not in closure and "src/genlab/__init__.py" in closure
