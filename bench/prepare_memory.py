@@ -3,8 +3,9 @@
 The claims measured:
   1. `genlab prepare` of an image folder of 100,000 64x64 RGB PNGs, then `genlab train_evaluator`,
      `train_vae`, `train_ldm` and `train_gan` for one step each on the prepared data, each run with peak RSS
-     <= 1.5 GB (the float32 images alone would be 4.9 GB; the uint8 ones 1.2 GB). One step, but each stage's
-     whole-split work runs in full: train_vae's latent statistics over every train image and its FIDs against
+     <= 1.5 GB (the float32 images alone would be 4.9 GB; the uint8 ones 1.2 GB), with the `folder64` preset's
+     params (its batch sizes: a step's activations, not the data, set what a stage holds). One step, but each
+     stage's whole-split work runs in full: train_vae's latent statistics over every train image and its FIDs against
      the train split, train_ldm's latents of every train image (a 0.8 GB cache file), train_gan's FID curve
      point (200 samples against the 98,000 train images: their features and k-NN radii);
   2. prepare's throughput (images/s, the whole stage: decode, resize, split, hash, write) next to plain PIL
@@ -97,15 +98,17 @@ def run_stage(project: Path, stage: str, env: dict[str, str]) -> dict:
 
 
 def project_params(data_dir: Path, size: int) -> dict:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    """The `folder64` preset (genlab's params for 64 px RGB folders) on `data_dir`, one step per training stage."""
+    params = yaml.safe_load((REPO / "src" / "genlab" / "presets" / "folder64.yaml").read_text())
     params["device"] = "cpu"
     params["data"].update(source="image_folder", path=str(data_dir), image_size=size, channels=3,
                           val_fraction=0.01, test_fraction=0.01)
-    one_step = {"train_images": 64, "batch_size": 64, "log_every_images": 64, "checkpoint_every_images": 64}
-    params["evaluator"].update(one_step)
-    params["vae"].update(one_step, ae_baseline=False, kl_warmup_images=0)
-    params["ldm"].update(one_step, fid_every_images=10**9)
-    params["gan"].update(one_step, fid_every_images=64)  # one cheap FID: 200 samples against the whole train split
+    for section in ("evaluator", "vae", "ldm", "gan"):  # one step at the preset's batch size
+        b = params[section]["batch_size"]
+        params[section].update(train_images=b, log_every_images=b, checkpoint_every_images=b)
+    params["vae"].update(ae_baseline=False, kl_warmup_images=0)
+    params["ldm"].update(fid_every_images=10**9)
+    params["gan"].update(fid_every_images=params["gan"]["batch_size"])  # one cheap FID: 200 samples vs the train split
     return params
 
 

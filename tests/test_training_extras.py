@@ -58,3 +58,27 @@ def test_cosine_learning_rate_reference_values() -> None:
     with pytest.raises(ValueError, match="lr_schedule"):
         learning_rate(1e-3, "step", 0, 10)
 
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_vae_micro_batches_give_the_whole_batch_step(plain: bool) -> None:
+    """Accumulating the batch-mean gradient over micro-batches of 5 rows (13 = 5 + 5 + 3) gives the gradient and
+    the logged losses of one 13-row backward, to float tolerance."""
+    from genlab.models.vae import VAE
+    from genlab.stages.train_vae import vae_step
+
+    g = torch.Generator().manual_seed(0)
+    x_all = torch.rand(40, 1, 16, 16, generator=g) * 2 - 1
+    idx = torch.tensor([3, 17, 0, 39, 8, 8, 21, 5, 30, 11, 2, 26, 14])
+    eps = None if plain else torch.randn(13, 4, 8, 8, generator=g)
+    after, logged = [], []
+    for micro in (13, 5):
+        torch.manual_seed(1)
+        vae = VAE(in_channels=1, base_channels=8, latent_channels=4, downsample=1)
+        opt = torch.optim.SGD(vae.parameters(), lr=0.1)
+        logged.append(vae_step(vae, opt, x_all, idx, eps, 0.5, 0.1, micro, torch.device("cpu")))
+        after.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))  # what the step applied
+    whole, split = after
+    assert bool((whole != 0).all())
+    torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
+    assert logged[1] == pytest.approx(logged[0], rel=1e-5)

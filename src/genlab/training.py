@@ -92,6 +92,13 @@ def optimizer_step(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: to
     state untouched. One host sync. Returns the gradient norm before clipping."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    return apply_gradients(module, opt, loss.detach(), loss_name=loss_name, module_name=module_name,
+                           max_norm=max_norm)
+
+
+def apply_gradients(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, *, loss_name: str,
+                    module_name: str, max_norm: float | None = None) -> torch.Tensor:
+    """`optimizer_step` after its backward: for gradients accumulated over micro-batches, `loss` their total."""
     params = [p for p in module.parameters() if p.grad is not None]
     if max_norm is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
