@@ -169,6 +169,12 @@ def prc_batch_size(*counts: int) -> int:
     return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
 
 
+def feature_batch(batch_size: int, side: int) -> int:
+    """Images per feature-extraction batch: `batch_size`, at most `inference_batch(side)` (256 stays 256 up to
+    22 px; 32 at 64 px, where 256 images took a stage 0.7 GB past its training peak)."""
+    return min(batch_size, inference_batch(side))
+
+
 def relabel(m: dict[str, float]) -> dict[str, float]:
     """torch-fidelity's "inception" keys -> genlab's neutral names (whatever the extractor)."""
     return {
@@ -185,6 +191,7 @@ def compute_tier(generated: torch.Tensor, reference: torch.Tensor, extractor: Ex
     """FID, KID (mean, std) and precision/recall of `generated` against `reference` in `extractor`'s features
     (one torch_fidelity.calculate_metrics call; KID subsets clipped to the smaller set)."""
     subset = min(kid_subset_size, len(generated), len(reference))
+    batch_size = feature_batch(batch_size, generated.shape[-1])
     m = torch_fidelity.calculate_metrics(
         input1=ImageSet(generated), input2=ImageSet(reference), cuda=cuda, batch_size=batch_size,
         fid=True, kid=True, prc=True, **extractor.fidelity_kwargs(), kid_subset_size=subset,
@@ -206,6 +213,7 @@ def extract_features(images: torch.Tensor, extractor: Extractor, batch_size: int
     """(N, C, S, S) in [-1, 1] -> (N, D) float32 CPU features, through torch-fidelity's own extraction loop
     (the same batches as `compute_tier` with the same batch size, hence bit-identical features)."""
     fe = _feature_extractor(extractor, cuda)
+    batch_size = feature_batch(batch_size, images.shape[-1])
     out = extract_featuresdict_from_input_id(1, fe, input1=ImageSet(images), batch_size=batch_size, cuda=cuda,
                                              save_cpu_ram=True, verbose=False)
     return out[extractor.feature_layer]

@@ -72,13 +72,15 @@ def train_latents(vae: VAE, data: Data, device: torch.device, seed: int) -> tupl
     """One pass over the train split: the latent scale, 1 / std of latents z ~ q(z|x) (so the diffusion model sees
     unit variance), and the posterior means of `PICTURE_ROWS` rows spread over the split."""
     g, moments = generator(seed, "latent-scale"), Moments()
-    keep, kept, start = spread_rows(len(data.train), PICTURE_ROWS), [], 0
+    keep, kept, start = spread_rows(len(data.train), PICTURE_ROWS), None, 0
     for mean, logvar in encode_batches(vae, data.train.images, device):
         moments.add(reparameterize(mean, logvar, torch.randn(mean.shape, generator=g)))
-        rows = keep[(keep >= start) & (keep < start + len(mean))] - start
-        kept.append(mean[rows])
+        if kept is None:  # one buffer: thousands of small kept pieces would fragment the heap
+            kept = torch.empty((len(keep), *mean.shape[1:]))
+        mask = (keep >= start) & (keep < start + len(mean))
+        kept[mask] = mean[keep[mask] - start]
         start += len(mean)
-    return 1.0 / moments.std(), torch.cat(kept)
+    return 1.0 / moments.std(), kept
 
 
 def mean_std(vae: VAE, data: Data, device: torch.device) -> float:
