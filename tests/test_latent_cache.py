@@ -67,3 +67,33 @@ def test_posterior_cache_is_deleted_when_training_fails(tmp_path: Path) -> None:
                                                                     path):
         raise RuntimeError("boom")
     assert not path.exists()
+
+
+def test_train_latents_keeps_spread_rows_across_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With more rows than PICTURE_ROWS and several encode batches, the kept means are exactly those of the spread
+    rows, and the latent scale is 1 / std of one posterior draw per element."""
+    import types
+
+    import genlab.latent_cache as lc
+    import genlab.stages.train_vae as tv
+    from genlab.randomness import generator
+
+    monkeypatch.setattr(lc, "inference_batch", lambda side: 6)  # 40 rows: batches of 6 (the last of 4)
+    monkeypatch.setattr(tv, "PICTURE_ROWS", 7)
+    images, vae = _images(tmp_path, 40), _vae()
+
+    class Train:
+        def __init__(self) -> None:
+            self.images = images
+
+        def __len__(self) -> int:
+            return 40
+
+    scale, kept = tv.train_latents(vae, types.SimpleNamespace(train=Train()), torch.device("cpu"), seed=3)
+    mean, logvar = (torch.cat(p) for p in zip(*encode_batches(vae, images, torch.device("cpu")), strict=True))
+    rows = spread_rows(40, 7)
+    assert rows.tolist() == [0, 6, 13, 20, 26, 32, 39] and torch.equal(kept, mean[rows])
+    g = generator(3, "latent-scale")
+    z = torch.cat([m + torch.exp(0.5 * lv) * torch.randn(m.shape, generator=g) for m, lv in
+                   zip(mean.split(6), logvar.split(6), strict=True)])
+    assert scale == pytest.approx(1 / float(z.double().std()), rel=1e-9)
