@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from genlab.compare import FAMILIES
 from genlab.paths import atomic_write
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}
@@ -25,16 +26,25 @@ def _img(path: Path, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def build(root: Path, table: pd.DataFrame, note: str, protocol: dict[str, str], decisions: dict) -> str:
-    """The report's HTML; pictures that a run did not produce are left out."""
+def arithmetic_caption(class_names: list[str]) -> str:
+    """What the class-arithmetic grid's rows and columns are (the picture itself has no text)."""
+    names = ", ".join(f"{i} = {n}" for i, n in enumerate(class_names)) or "the classes in order"
+    return ("concept arithmetic: row r starts with a test image of concept r (its class; for shapes, its colour), "
+            f"then column b shows decode(z - mean(r) + mean(b)); rows and columns in concept order ({names})")
+
+
+def build(root: Path, table: pd.DataFrame, note: str, protocol: dict[str, str], decisions: dict,
+          class_names: list[str] | None = None) -> str:
+    """The report's HTML: every family's samples and curve; pictures that a run did not produce are left out."""
+    captions = {"arithmetic": arithmetic_caption(class_names or [])}
     sections = [
-        ("Samples (one row per class)", [(root / "samples" / f"{f}.png", f) for f in ("ldm", "gan", "vae")]),
+        ("Samples (one row per class)", [(root / "samples" / f"{f}.png", f) for f in FAMILIES]),
         ("Guidance trade-off", [(root / "reports" / "guidance" / "fid_vs_accuracy.png", "FID vs class accuracy")]),
-        ("Latent space (VAE)", [(root / "models" / "vae" / f"{n}.png", n.replace("_", " ")) for n in (
-            "reconstructions", "interpolation_linear", "interpolation_spherical", "traversal", "arithmetic",
-            "prior_vae_vs_ae")]),
+        ("Latent space (VAE)", [(root / "models" / "vae" / f"{n}.png", captions.get(n, n.replace("_", " ")))
+                                for n in ("reconstructions", "interpolation_linear", "interpolation_spherical",
+                                          "traversal", "arithmetic", "prior_vae_vs_ae")]),
         ("Training curves (against images seen)", [(root / "models" / m / "loss.png", m) for m in (
-            "evaluator", "vae", "ldm", "gan")]),
+            "evaluator", *FAMILIES)]),
     ]
     promo = "".join(f"<li>{html.escape(f)}: v{d.get('version')} — {'promoted' if d.get('promoted') else 'kept'}"
                     f" ({html.escape(str(d.get('reason')))})</li>" for f, d in decisions.items())

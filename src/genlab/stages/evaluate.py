@@ -157,7 +157,8 @@ def run(cfg: EvaluateConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -
         mlrun.log_artifact(md, "report")
         mlrun.log_artifact(csv, "report")
         decisions = register_and_promote(ctx, mlrun, diffusion, results, protocol, data.manifest, samples)
-        page = html_report.build(ctx.paths.root, table, note, protocol, decisions)
+        page = html_report.build(ctx.paths.root, table, note, protocol, decisions,
+                                 sources.class_names(data.manifest))
         mlrun.log_artifact(html_report.write(ctx.paths.reports / "report.html", page), "report")
         metrics = {"feature_extractor": extractor.note, "protocol": protocol,
                    "sampling": {"seed": sample_seed(ctx), **{f: diffusion_settings(c) for f, c in diffusion.items()}},
