@@ -122,3 +122,14 @@ def test_changed_guidance_is_a_new_version_and_reused_versions_follow_the_champi
     assert aliases(registry) == {"champion": "1", "previous": "2"}
     assert versions(registry) == ["1", "2"] and register_runs(tmp_path) == 2
     assert json.loads(registry.get_model_version(NAME, "1").tags["promotion"])["promoted"] is True
+
+
+def test_experiment_carries_the_kind_the_mlflow_ui_reads(registry: MlflowClient, tmp_path: Path) -> None:
+    """New experiments are made with the tag; one made before it existed gets it at the next setup."""
+    tracking.setup(tmp_path)
+    exp = registry.get_experiment_by_name(tracking.EXPERIMENT)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    registry.delete_experiment_tag(exp.experiment_id, "mlflow.experimentKind")
+    assert "mlflow.experimentKind" not in registry.get_experiment(exp.experiment_id).tags
+    tracking.setup(tmp_path)
+    assert registry.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -43,6 +43,8 @@ PARENT_ENV = "GENLAB_PARENT_RUN_ID"
 SERVING_CODE = Path(__file__).with_name("serving.py")
 CONTENT_TAG = "genlab.content_sha256"
 PIP_REQUIREMENTS = ["torch==2.14.1", "safetensors", "pandas", "numpy"]
+# the MLflow 3 UI opens an experiment by its kind: model training runs, not GenAI traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def setup(root: Path) -> str:
@@ -50,9 +52,13 @@ def setup(root: Path) -> str:
     mlflow.set_tracking_uri(check_tracking(root))
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is None:
-        exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").resolve().as_uri())
+        exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").resolve().as_uri(),
+                                          tags=EXPERIMENT_TAGS)
     else:
         exp_id = exp.experiment_id
+        for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+            if exp.tags.get(key) != value:
+                MlflowClient().set_experiment_tag(exp_id, key, value)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
