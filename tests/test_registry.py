@@ -133,3 +133,22 @@ def test_experiment_carries_the_kind_the_mlflow_ui_reads(registry: MlflowClient,
     assert "mlflow.experimentKind" not in registry.get_experiment(exp.experiment_id).tags
     tracking.setup(tmp_path)
     assert registry.get_experiment(exp.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_stage_runs_log_the_prepared_data_as_their_dataset(registry: MlflowClient, tmp_path: Path) -> None:
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    remote = shared\n['remote \"shared\"']\n"
+                                              "    url = /srv/dvc-store\n")
+    data_hash = "ab" * 32
+    dataset = tracking.prepared_dataset(tmp_path, data_hash, "mnist")
+    with tracking.stage_run(tmp_path, "train_vae", {"cfg.lr": 1e-3}, {"genlab.data_hash": data_hash},
+                            dataset=dataset) as run:
+        run_id = run.run_id
+    (inp,) = registry.get_run(run_id).inputs.dataset_inputs
+    assert inp.dataset.name == "genlab-prepared-mnist" and inp.dataset.digest == data_hash[:36]
+    source = json.loads(inp.dataset.source)["uri"]
+    assert source.endswith("/data/prepared?dvc_remote=/srv/dvc-store") and source.startswith("file://")
+    assert {t.key: t.value for t in inp.tags}["mlflow.data.context"] == "training"
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    analytics = false\n")  # no remote: the path alone
+    assert json.loads(tracking.prepared_dataset(tmp_path, data_hash, "mnist").source.to_json())["uri"].endswith(
+        "/data/prepared")

@@ -15,6 +15,7 @@ model_config (sampling settings), and reuses the version with the same hash inst
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import json
 import logging
@@ -29,6 +30,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -187,9 +190,28 @@ def existing_run(run_id: str | None) -> bool:
         return False
 
 
+def dvc_remote_url(root: Path) -> str | None:
+    """The URL of the project's default DVC remote (`.dvc/config`, then `.dvc/config.local`), if one is set."""
+    config = configparser.ConfigParser()
+    config.read([root / ".dvc" / "config", root / ".dvc" / "config.local"])
+    name = config.get("core", "remote", fallback=None)
+    # DVC writes the section as ['remote "name"'], quotes included; hand-written files often drop the outer ones
+    sections = [s for s in (f"'remote \"{name}\"'", f'remote "{name}"') if name and config.has_section(s)]
+    return config.get(sections[0], "url", fallback=None) if sections else None
+
+
+def prepared_dataset(root: Path, data_hash: str, source: str) -> MetaDataset:
+    """The prepared data as an MLflow dataset: its name, genlab's content hash as the digest (the first 36 hex
+    digits: MLflow's limit; the whole hash is the run's `genlab.data_hash` tag), its DVC path (and the default
+    remote's URL, where the bytes are shared) as the source."""
+    remote = dvc_remote_url(root)
+    uri = (root / "data" / "prepared").resolve().as_uri() + (f"?dvc_remote={remote}" if remote else "")
+    return MetaDataset(LocalArtifactDatasetSource(uri), name=f"genlab-prepared-{source}", digest=data_hash[:36])
+
+
 @contextmanager
 def stage_run(root: Path, stage: str, config: dict[str, Any], tags: dict[str, str],
-              resume_run_id: str | None = None) -> Iterator[StageRun]:
+              resume_run_id: str | None = None, dataset: MetaDataset | None = None) -> Iterator[StageRun]:
     """An MLflow run for one stage: tagged with stage, git commit and data hash; config as params.
 
     With `resume_run_id` (the run recorded in a resumed training checkpoint) the stage continues that run:
@@ -212,6 +234,8 @@ def stage_run(root: Path, stage: str, config: dict[str, Any], tags: dict[str, st
                     mlflow.get_tracking_uri())
     with mlflow.start_run(run_name=stage, tags=all_tags) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in config.items()})
+        if dataset is not None:  # the UI's Dataset column: what this run saw
+            mlflow.log_input(dataset, context="training")
         yield StageRun(run)
 
 

@@ -61,9 +61,12 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
     of them is resumed, the stage continues the MLflow run its checkpoint records instead of opening a new one."""
     # every checkpoint is read (a damaged or unsafe one is refused) before the MLflow run opens
     run_id = next((r for r in [checkpoint_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
+    manifest = ctx.paths.prepared / "manifest.json"
+    source = json.loads(manifest.read_text()).get("source", "data") if manifest.is_file() else "data"
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
                                                       **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash},
-                              resume_run_id=run_id)
+                              resume_run_id=run_id,
+                              dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, str(source)))
 
 
 def write_metrics(ctx: Context, stage: str, metrics: dict[str, Any]) -> None:
