@@ -55,18 +55,27 @@ def fingerprint(stage: str, cfg: BaseModel, seed: int, data_hash: str, *extra: s
     return hashlib.sha256("|".join([stage, to_json(cfg), str(seed), data_hash, *extra]).encode()).hexdigest()
 
 
+def dataset_source(manifest: Path) -> str:
+    """The prepared data's source name for the MLflow dataset input ("data" when the manifest cannot tell: the
+    stage that reads it refuses a bad one with its own message)."""
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return "data"
+    return str(m.get("source", "data")) if isinstance(m, dict) else "data"
+
+
 def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa: ANN201 (context manager)
               resume: tuple[tuple[Path, str], ...] = ()):
     """The stage's MLflow run. `resume`: (checkpoint, fingerprint) pairs of the stage's training runs; when one
     of them is resumed, the stage continues the MLflow run its checkpoint records instead of opening a new one."""
     # every checkpoint is read (a damaged or unsafe one is refused) before the MLflow run opens
     run_id = next((r for r in [checkpoint_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
-    manifest = ctx.paths.prepared / "manifest.json"
-    source = json.loads(manifest.read_text()).get("source", "data") if manifest.is_file() else "data"
+    source = dataset_source(ctx.paths.prepared / "manifest.json")
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
                                                       **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash},
                               resume_run_id=run_id,
-                              dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, str(source)))
+                              dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
 
 
 def write_metrics(ctx: Context, stage: str, metrics: dict[str, Any]) -> None:
