@@ -93,7 +93,7 @@ def test_cron_schedule_triggers_a_completed_run(repro: tuple[Path, dict[str, str
         with temporary_settings(updates={PREFECT_API_URL: api}), get_client(sync_client=True) as client:
             run = wait_for_scheduled_run(client, serve, log, start)
             states = client.read_flow_run_states(run.id)
-            logs = [e.message for e in client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))]
+            logs = wait_for_logs(client, run, "stage evaluate ")
             artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["genlab-comparison"]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
             deployment = client.read_deployment(run.deployment_id)
