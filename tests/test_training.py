@@ -11,8 +11,9 @@ from torch.nn import functional as F
 
 from genlab.checkpoint import load_train_state, save_train_state
 from genlab.config import EvaluatorConfig
+from genlab.distributed import World
 from genlab.errors import TrainingDiverged
-from genlab.training import NonFinite, Trainable, optimizer_step, train
+from genlab.training import FiniteCheck, NonFinite, Trainable, optimizer_step, train
 
 N = 40
 X = torch.randn(N, 4, generator=torch.Generator().manual_seed(0))
@@ -211,3 +212,54 @@ def test_non_finite_reported_loss_also_stops(tmp_path: Path) -> None:
     run.step_fn = step_fn  # type: ignore[method-assign]
     with pytest.raises(TrainingDiverged, match=r"step 2 \(16 images seen\): kl \(inf\) is NaN or Inf.*no training"):
         run.train(tmp_path / "c.pt")
+
+
+def test_deferred_checks_stop_at_the_next_boundary_naming_the_first_bad_step(tmp_path: Path) -> None:
+    """CUDA's path, run on CPU: no host read per step; a NaN at step 13 is found at the next log boundary (step 14),
+    reported as step 13 with the loss's name and value, and nothing after it reaches a checkpoint."""
+    ckpt = tmp_path / "unit.pt"
+    run = Run()
+    run.trainable.check = FiniteCheck(deferred=True)
+    reads: list[int] = []
+
+    def step_fn(idx: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        out = Run.step_fn(run, idx, g)
+        loss = torch.tensor(float("nan") if len(run.calls) == 14 else out["loss"])  # the 14th call is step 13
+        norm = torch.tensor(1.0)
+        run.trainable.check.value("loss", loss)  # what optimizer_step does
+        run.trainable.check.gradient("model", run.model, norm)
+        reads.append(len(run.calls))
+        return {"loss": loss}
+
+    run.step_fn = step_fn  # type: ignore[method-assign]
+    original = FiniteCheck.raise_if_any
+    boundary: list[int] = []
+
+    def spy(self: FiniteCheck, world: object) -> None:
+        boundary.append(len(run.calls))
+        original(self, world)  # type: ignore[arg-type]
+
+    FiniteCheck.raise_if_any = spy  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TrainingDiverged) as info:
+            train("unit", CFG, run.trainable, run.step_fn, seed=SEED, n_train=N, ckpt=ckpt, fingerprint=FP)
+    finally:
+        FiniteCheck.raise_if_any = original  # type: ignore[method-assign]
+    assert boundary == [2, 4, 6, 8, 10, 12, 14]  # read at log/checkpoint boundaries only, not every step
+    assert str(info.value).startswith("unit: step 13 (104 images seen): loss (nan) is NaN or Inf")
+    assert f"{ckpt} (step 12)" in str(info.value)
+    assert load_train_state(ckpt)["step"] == 12
+
+
+def test_deferred_gradient_check_names_the_module() -> None:
+    check = FiniteCheck(deferred=True)
+    model = nn.Linear(2, 1)
+    check.step = 4
+    check.gradient("D", model, torch.tensor(1.0))
+    check.step = 5
+    check.gradient("D", model, torch.tensor(float("inf")))
+    check.step = 6
+    check.value("loss_g", torch.tensor(float("nan")))  # later: the first bad one is reported
+    with pytest.raises(NonFinite, match=r"^the gradient of D$") as info:
+        check.raise_if_any(World())
+    assert info.value.step == 5

@@ -76,7 +76,8 @@ def test_vae_micro_batches_give_the_whole_batch_step(plain: bool) -> None:
         torch.manual_seed(1)
         vae = VAE(in_channels=1, base_channels=8, latent_channels=4, downsample=1)
         opt = torch.optim.SGD(vae.parameters(), lr=0.1)
-        logged.append(vae_step(vae, opt, x_all, idx, eps, 0.5, 0.1, micro, torch.device("cpu")))
+        logged.append({k: float(v) for k, v in vae_step(vae, opt, x_all, idx, eps, 0.5, 0.1, micro,
+                                                        torch.device("cpu")).items()})
         after.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))  # what the step applied
     whole, split = after
     assert bool((whole != 0).all())

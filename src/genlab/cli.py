@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 
 from genlab.config import load_params
-from genlab.errors import GenlabError
+from genlab.errors import ConfigError, GenlabError, StageFailed
+from genlab.memory import fix_mmap_threshold
 from genlab.paths import Paths
 from genlab.preflight import check_tracking
 
@@ -29,19 +31,65 @@ STAGES = {
 }
 
 
+TRAINING = ("train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan")
+
+
 def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | None = None) -> object:
-    """Validate the whole params file first (nothing is written on bad input), then run one stage."""
+    """Validate the whole params file first (nothing is written on bad input), then run one stage: a training
+    stage with `dist.nproc_per_node` > 1 under torchrun, unless this process is already one of its ranks."""
     params = load_params(params_path)
     check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
+    if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(stage, params_path, params.dist.nproc_per_node)
     from genlab.device import resolve
+    from genlab.distributed import join, leave
     from genlab.randomness import deterministic, seed_process
     from genlab.stages.common import Context
 
-    ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=resolve(params.device))
-    seed_process(params.seed, stage)  # nothing may depend on the process's default seed
-    deterministic(ctx.device)
-    module = importlib.import_module(f"genlab.stages.{stage}")
-    return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx)
+    world, device = join(resolve(params.device))
+    try:
+        if world.size > 1:
+            check_world_size(params, world.size)
+        ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=device, world=world)
+        seed_process(params.seed, stage)  # nothing may depend on the process's default seed
+        deterministic(ctx.device)
+        module = importlib.import_module(f"genlab.stages.{stage}")
+        return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx)
+    finally:
+        leave(world)
+
+
+def check_world_size(params: object, size: int) -> None:
+    """Under torchrun (`--nnodes` included): every global batch splits over the ranks, or one line, exit 2."""
+    from genlab.config import check_world
+
+    try:
+        check_world(params, size)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ConfigError(f"params: {e}") from None
+
+
+def launch(stage: str, params_path: Path, nproc: int) -> None:
+    """`stage` as `torchrun --standalone --nproc-per-node nproc` would run it (torch's elastic launcher, in this
+    process); a failed rank, whose own error is printed above, fails the stage with that rank's exit status (the
+    launcher stops the others)."""
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    # each rank's CPU threads: the cores shared out (torchrun's CLI would set 1), unless the user set it
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=1)
+    logging.getLogger("genlab").info("%s: %d processes (torchrun --standalone --nproc-per-node %d)", stage, nproc,
+                                     nproc)
+    try:
+        elastic_launch(config, sys.executable)("-m", "genlab.cli", stage, "--params", str(params_path))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise StageFailed(f"{stage}: rank {rank} of {nproc} failed (exit {failure.exitcode}); its error is above",
+                          failure.exitcode) from None
 
 
 def run_compare(args: argparse.Namespace) -> None:
@@ -95,6 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    fix_mmap_threshold()  # before any large allocation: memory stays flat over a streaming pass
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

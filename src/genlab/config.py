@@ -174,9 +174,19 @@ class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1)
 
 
+class DistConfig(Section):
+    # processes per machine for the training stages: > 1 runs each under `torchrun --nproc-per-node N`
+    # (DistributedDataParallel: gloo on CPU, nccl on CUDA, one GPU per process); every batch_size is then global
+    nproc_per_node: int = Field(1, ge=1, le=1024)
+
+
+TRAINING_SECTIONS = ("evaluator", "vae", "ldm", "pixel", "gan")
+
+
 class Params(Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
+    dist: DistConfig = DistConfig()
     data: DataConfig = DataConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     vae: VAEConfig = VAEConfig()
@@ -189,6 +199,7 @@ class Params(Section):
     @model_validator(mode="after")
     def _sizes(self) -> Params:
         check_sizes(self)
+        check_world(self, self.dist.nproc_per_node)
         return self
 
 
@@ -228,6 +239,16 @@ def check_sizes(p: Params) -> None:
             if bad:
                 raise ValueError(f"{name}.{key}: {bad} outside the U-Net's levels 0..{len(levels) - 1} "
                                  f"({side}x{side} input, channel_mults {list(levels)})")
+
+
+def check_world(p: Params, world_size: int) -> None:
+    """Every training stage's global batch splits evenly over `world_size` processes: raises ValueError naming
+    the key."""
+    for name in TRAINING_SECTIONS:
+        batch = getattr(p, name).batch_size
+        if batch % world_size:
+            raise ValueError(f"{name}.batch_size {batch} does not split over {world_size} processes "
+                             f"(dist.nproc_per_node x nodes): use a multiple of {world_size}")
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -21,3 +21,11 @@ class StorageError(GenlabError):
     """An output could not be written (e.g. the disk is full); the previous output is intact (exit status 1)."""
 
     exit_code = 1
+
+
+class StageFailed(GenlabError):
+    """A stage's worker process failed (a rank under torchrun); it printed its own error; exit with its status."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

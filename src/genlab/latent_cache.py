@@ -17,6 +17,7 @@ import torch
 
 from genlab.data import store
 from genlab.device import inference_batch
+from genlab.distributed import World
 from genlab.models.vae import VAE
 
 
@@ -57,15 +58,21 @@ def spread_rows(n: int, k: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def posterior_cache(vae: VAE, images: store.Images, device: torch.device, path: Path) -> Iterator[store.Rows]:
+def posterior_cache(vae: VAE, images: store.Images, device: torch.device, path: Path,
+                    world: World = World()) -> Iterator[store.Rows]:  # noqa: B008 (frozen)
     """Encode every image once into `path` as (N, 2 * latent_channels, s, s) float32 rows, mean then logvar along
-    the channels; yields the rows (read per batch through a memory map) and deletes the file on exit."""
+    the channels; yields the rows (read per batch through a memory map) and deletes the file on exit. Under
+    torchrun rank 0 writes it, the others read it once it is written, and rank 0 deletes it when it is done:
+    after every rank's last read, as each training step's gradient average waits for every rank's step."""
     n, side = len(images), images.shape[-1] >> vae.downsample
     shape = (n, 2 * vae.latent_channels, side, side)
     chunks = (torch.cat([m, lv], 1).numpy() for m, lv in encode_batches(vae, images, device))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        store.write(path, [store.Entry("posterior", "F32", shape, chunks)])
+        if world.main:
+            store.write(path, [store.Entry("posterior", "F32", shape, chunks)])
+        world.barrier()
         yield store.rows_of(path, "posterior", "F32")
     finally:
-        path.unlink(missing_ok=True)
+        if world.main:
+            path.unlink(missing_ok=True)

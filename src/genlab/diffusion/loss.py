@@ -26,13 +26,16 @@ def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, g: torch.Gene
 
 
 def diffusion_loss(model: Denoiser, x0: torch.Tensor, y: torch.Tensor, alpha_bar: torch.Tensor, g: torch.Generator,
-                   prediction: str = "eps", min_snr_gamma: float | None = None) -> torch.Tensor:
+                   prediction: str = "eps", min_snr_gamma: float | None = None,
+                   rows: slice = slice(None)) -> torch.Tensor:
     """E_{t, eps} w_t ||target - f_theta(x_t, t, y)||^2 / D, t ~ U{0..T-1} then eps ~ N(0, I), both drawn from `g`
     on the CPU; target is eps or v (`prediction`), w_t the Min-SNR-gamma weight (None: w_t = 1). Returns a scalar:
-    the batch mean of the per-sample weighted MSE."""
+    the batch mean of the per-sample weighted MSE. t and eps are drawn for every row of `x0` (the global batch),
+    the loss computed on `rows` of it (one rank's share; default all)."""
     T = alpha_bar.shape[0]
-    t = torch.randint(0, T, (x0.shape[0],), generator=g).to(x0.device)  # (B,)
-    noise = torch.randn(x0.shape, generator=g).to(x0.device)  # (B, ...)
+    t = torch.randint(0, T, (x0.shape[0],), generator=g)[rows].to(x0.device)  # (B,)
+    noise = torch.randn(x0.shape, generator=g)[rows].to(x0.device)  # (B, ...)
+    x0 = x0[rows]
     ab_t = per_sample(alpha_bar.to(x0.device, torch.float64)[t], x0)  # (B, 1, ..., 1)
     tgt = target(prediction, x0, noise, ab_t)  # (B, ...); raises on an unknown `prediction` before the forward pass
     out = model(q_sample(x0, t, noise, alpha_bar), t, y)

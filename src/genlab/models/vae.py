@@ -57,6 +57,13 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """The training pass, in one call (what DistributedDataParallel wraps): x -> (x_hat, mean, logvar),
+        decoding z = reparameterize(mean, logvar, eps), or z = mean when eps is None (a plain autoencoder)."""
+        mean, logvar = self.encode(x)
+        z = mean if eps is None else reparameterize(mean, logvar, eps)
+        return self.decode(z), mean, logvar
+
 
 def reparameterize(mean: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, eq. 10)."""

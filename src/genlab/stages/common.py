@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
 from genlab.config import flatten, to_json
 from genlab.data import splits
+from genlab.distributed import World
 from genlab.images import save_curves
 from genlab.paths import Paths, atomic_write, read_json
 from genlab.training import Trainable, checkpoint_run_id, final_state
@@ -30,6 +32,7 @@ class Context:
     paths: Paths
     seed: int
     device: torch.device
+    world: World = field(default_factory=World)  # under torchrun: this process's rank of the run
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,22 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
     of them is resumed, the stage continues the MLflow run its checkpoint records instead of opening a new one."""
     # every checkpoint is read (a damaged or unsafe one is refused) before the MLflow run opens
     run_id = next((r for r in [checkpoint_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
+    if not ctx.world.main:
+        return contextlib.nullcontext(RankRun())
     source = dataset_source(ctx.paths.prepared / "manifest.json")
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
-                                                      **flatten(cfg, "cfg.")}, {"genlab.data_hash": data_hash},
-                              resume_run_id=run_id,
+                                                      "world_size": ctx.world.size, **flatten(cfg, "cfg.")},
+                              {"genlab.data_hash": data_hash}, resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
+
+
+class RankRun:
+    """The stage run of a rank other than 0: rank 0 logs for the whole run, this one logs nothing."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
 
 
 def write_metrics(ctx: Context, stage: str, metrics: dict[str, Any]) -> None:

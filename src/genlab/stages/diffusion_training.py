@@ -43,7 +43,7 @@ from genlab.stages.common import (
 )
 from genlab.stages.train_fid import CheapFID
 from genlab.stages.train_vae import encode
-from genlab.training import Trainable, learning_rate, optimizer_step, train
+from genlab.training import Losses, Trainable, learning_rate, optimizer_step, train
 
 P_TEXT = 0.5  # class+text: the fraction of training images conditioned on a prompt rather than a label
 
@@ -79,28 +79,30 @@ class Conditioner:
             tokens, mask = trim(*TextEncoder().encode(flat))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
 
-    def model(self, unet: UNet, y: torch.Tensor, g: torch.Generator | None, p_drop: float):  # noqa: ANN201
+    def model(self, unet: torch.nn.Module, y: torch.Tensor, g: torch.Generator | None, p_drop: float,  # noqa: ANN201
+              rows: slice = slice(None)):
         """The network (x_t, t, _) -> output for labels y; with g, a random phrasing and condition dropout
         are drawn from it (and, for class+text, which condition each image gets); without g the label
-        (class, class+text) or the first phrasing (text), and no dropout."""
+        (class, class+text) or the first phrasing (text), and no dropout. Drawn for every label of `y` (the
+        global batch), the network conditioned on `rows` of them (one rank's share; default all)."""
         if self.conditioning == "none":
             return lambda x, t, _y: unet(x, t)
         if self.conditioning == "class" or (g is None and self.cfg.uses_class):
             y = drop_labels(y, p_drop, self.k, g) if g is not None else y
-            y = y.to(self.device)
+            y = y[rows].to(self.device)
             return lambda x, t, _y: unet(x, t, y)
         per = len(self.table[0])
         pick = torch.randint(0, per, (len(y),), generator=g) if g is not None else torch.zeros(len(y), dtype=torch.long)
-        rows = (y * per + pick).to(self.device)
+        phrase = (y * per + pick)[rows].to(self.device)
         drop = (torch.rand(len(y), generator=g) < p_drop) if g is not None else torch.zeros(len(y), dtype=torch.bool)
         if self.conditioning == "text":
-            drop = drop.to(self.device)
-            return lambda x, t, _y: unet(x, t, context=self.tokens[rows], context_mask=self.mask[rows], drop=drop)
+            drop = drop[rows].to(self.device)
+            return lambda x, t, _y: unet(x, t, context=self.tokens[phrase], context_mask=self.mask[phrase], drop=drop)
         # class+text: the label or the prompt, the other one null; both null when dropped
         text = torch.rand(len(y), generator=g) < P_TEXT
-        labels = torch.where(text | drop, self.k, y).to(self.device)
-        text_null = (~text | drop).to(self.device)
-        return lambda x, t, _y: unet(x, t, labels, context=self.tokens[rows], context_mask=self.mask[rows],
+        labels = torch.where(text | drop, self.k, y)[rows].to(self.device)
+        text_null = (~text | drop)[rows].to(self.device)
+        return lambda x, t, _y: unet(x, t, labels, context=self.tokens[phrase], context_mask=self.mask[phrase],
                                      drop=text_null)
 
 
@@ -111,8 +113,8 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         return _train(stage, name, cfg, ctx, data, space, vae=None, posterior=None, scale=1.0)
     vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
     # the train split's q(z|x), encoded once into a file next to the checkpoint and read per batch
-    with posterior_cache(vae, data.train.images, ctx.device, ctx.paths.checkpoint(stage).with_suffix(".latents")) \
-            as posterior:
+    with posterior_cache(vae, data.train.images, ctx.device, ctx.paths.checkpoint(stage).with_suffix(".latents"),
+                         ctx.world) as posterior:
         return _train(stage, name, cfg, ctx, data, space, vae, posterior, float(vae_cfg["latent_scale"]))
 
 
@@ -155,17 +157,22 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
 
     total_steps = max(1, cfg.train_images // cfg.batch_size)
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+    net = ctx.world.wrap(unet)
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         unet.train()
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, trainable.step, total_steps)
+        # every draw is the global batch's; this rank computes on `rows` of it
+        rows = ctx.world.rows(len(idx))
         x0 = x0_batch(idx, g).to(ctx.device)
-        model = cond.model(unet, y_all[idx], g, cfg.p_uncond)
-        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
-        optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0)
+        model = cond.model(net, y_all[idx], g, cfg.p_uncond, rows)
+        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
+                              rows=rows)
+        optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0, check=trainable.check)
         images = trainable.step * cfg.batch_size
         ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     @torch.no_grad()
     def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -183,7 +190,9 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
     with stage_run(ctx, stage, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
         train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ckpt, fingerprint=fp,
-              on_log=logger(mlrun, cheap), run_id=mlrun.run_id)
+              on_log=logger(mlrun, cheap), run_id=mlrun.run_id, world=ctx.world)
+        if not ctx.world.main:
+            return {}
         metrics = {"final_loss": trainable.history[-1]["loss"], "parameters": sum(p.numel() for p in unet.parameters()),
                    "test_bits_per_dim": bits_per_dim(cfg, ema, cond, test_x0, data.test.labels, ab, ctx)}
         snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,

@@ -13,7 +13,7 @@ from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rot
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
 from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
-from genlab.training import Trainable, optimizer_step, train
+from genlab.training import Losses, Trainable, optimizer_step, train
 
 STAGE = "train_evaluator"
 
@@ -44,25 +44,29 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
         model = Evaluator(**network).to(ctx.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
+    net = ctx.world.wrap(model)
     x_all, y_all = data.train.images, data.train.attributes
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         model.train()
-        x = random_shift(x_all[idx], g)
+        x = random_shift(x_all[idx], g)  # drawn for the global batch; this rank computes on `rows` of it
         if rotation:  # the target is the rotation drawn for each image
             k = torch.randint(0, len(ROTATIONS), (len(idx),), generator=g)
             x, y = rotate(x, k), k[:, None]
         else:
             y = y_all[idx]
-        loss = attribute_loss(model, model(x.to(ctx.device)), y.to(ctx.device))
-        optimizer_step(model, opt, loss, loss_name="loss", module_name="evaluator")
-        return {"loss": loss.item()}
+        rows = ctx.world.rows(len(idx))
+        loss = attribute_loss(model, net(x[rows].to(ctx.device)), y[rows].to(ctx.device))
+        optimizer_step(model, opt, loss, loss_name="loss", module_name="evaluator", check=trainable.check)
+        return {"loss": loss.detach()}
 
     fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
     ckpt = ctx.paths.checkpoint(STAGE)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun), run_id=mlrun.run_id)
+              ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun), run_id=mlrun.run_id, world=ctx.world)
+        if not ctx.world.main:
+            return {}
         val = accuracy(model, data.val.images, None if rotation else data.val.attributes, ctx.device)
         test = accuracy(model, data.test.images, None if rotation else data.test.attributes, ctx.device)
         metrics = {"task": "rotation" if rotation else "attributes", "val_accuracy": float(val.mean()),

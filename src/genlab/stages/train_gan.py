@@ -6,6 +6,7 @@ import torch
 
 from genlab import inputs
 from genlab.config import GANConfig
+from genlab.distributed import no_sync
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, r1_penalty
 from genlab.paths import staged_dir
@@ -21,7 +22,7 @@ from genlab.stages.common import (
     stage_run,
 )
 from genlab.stages.train_fid import CheapFID
-from genlab.training import Trainable, optimizer_step, train
+from genlab.training import Losses, Trainable, optimizer_step, train
 
 STAGE = "train_gan"
 
@@ -41,24 +42,31 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
     trainable = Trainable({"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d})
     x_all, y_all = data.train.images, data.train.labels
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+    G_net, D_net = ctx.world.wrap(G), ctx.world.wrap(D)
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         G.train()
         D.train()
-        x, y = x_all[idx].to(ctx.device), y_all[idx].to(ctx.device)
-        z = torch.randn((len(idx), cfg.z_dim), generator=g).to(ctx.device)
-        y_fake = torch.randint(0, max(k, 1), (len(idx),), generator=g).to(ctx.device)  # k = 0: unconditional
-        fake = G(z, y_fake)
+        # z and fake labels drawn for the global batch; this rank computes on `rows` of it
+        z = torch.randn((len(idx), cfg.z_dim), generator=g)
+        y_fake = torch.randint(0, max(k, 1), (len(idx),), generator=g)  # k = 0: unconditional
+        rows = ctx.world.rows(len(idx))
+        x, y = x_all[idx[rows]].to(ctx.device), y_all[idx[rows]].to(ctx.device)
+        z, y_fake = z[rows].to(ctx.device), y_fake[rows].to(ctx.device)
+        fake = G_net(z, y_fake)
         x.requires_grad_(cfg.r1_gamma > 0)
-        real_scores, fake_scores = D(x, y), D(fake.detach(), y_fake)
+        real_scores, fake_scores = D_net(x, y), D_net(fake.detach(), y_fake)
         loss_d = d_hinge_loss(real_scores, fake_scores)
         r1 = r1_penalty(real_scores, x) if cfg.r1_gamma > 0 else torch.zeros((), device=ctx.device)
         loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
-        optimizer_step(D, opt_d, loss_d, loss_name="loss_d", module_name="D")
-        loss_g = g_hinge_loss(D(fake, y_fake))
-        optimizer_step(G, opt_g, loss_g, loss_name="loss_g", module_name="G")
+        optimizer_step(D, opt_d, loss_d, loss_name="loss_d", module_name="D", check=trainable.check)
+        with no_sync(D_net):  # D's gradients of the generator's loss are never applied: not averaged either
+            g_scores = D_net(fake, y_fake)
+        loss_g = g_hinge_loss(g_scores)
+        optimizer_step(G, opt_g, loss_g, loss_name="loss_g", module_name="G", check=trainable.check)
         ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(), "d_real": real_scores.mean().item(),
-                "d_fake": fake_scores.mean().item(), "r1": r1.item()}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_scores.detach().mean(),
+                "d_fake": fake_scores.detach().mean(), "r1": r1.detach()}
 
     @torch.no_grad()
     def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -70,7 +78,9 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
     with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),
-              ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun, cheap), run_id=mlrun.run_id)
+              ckpt=ckpt, fingerprint=fp, on_log=logger(mlrun, cheap), run_id=mlrun.run_id, world=ctx.world)
+        if not ctx.world.main:
+            return {}
         last = trainable.history[-1]
         metrics = {"final_loss_d": last["loss_d"], "final_loss_g": last["loss_g"]}
         out_dir = ctx.paths.model("gan")

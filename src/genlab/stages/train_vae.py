@@ -10,6 +10,7 @@ VAE's latent space is complete (random points decode to digits), the plain AE's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from genlab import inputs
 from genlab import latent_tools as lt
 from genlab.config import VAEConfig, latent_side
 from genlab.device import inference_batch
+from genlab.distributed import World, no_sync
 from genlab.images import save_grid
 from genlab.latent_cache import Moments, encode_batches, spread_rows
 from genlab.metrics import fid
@@ -37,7 +39,7 @@ from genlab.stages.common import (
 )
 from genlab.stages.train_fid import train_scores
 from genlab.tracking import StageRun
-from genlab.training import Trainable, apply_gradients, train
+from genlab.training import FiniteCheck, Losses, Trainable, apply_gradients, train
 
 STAGE = "train_vae"
 
@@ -93,23 +95,28 @@ def mean_std(vae: VAE, data: Data, device: torch.device) -> float:
 
 def vae_step(vae: VAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, idx: torch.Tensor,
              eps: torch.Tensor | None, beta: float, sigma: float, micro: int, device: torch.device,
-             name: str = "vae") -> dict[str, float]:
+             name: str = "vae", *, net: torch.nn.Module | None = None, world: World = World(),  # noqa: B008
+             check: FiniteCheck | None = None) -> Losses:
     """One optimizer step on the batch mean of `vae_loss` (eps None: a plain autoencoder, z = mean), its gradient
     accumulated over micro-batches of `micro` rows: d/dθ mean_B(ℓ) = Σ_parts (|part| / B) d/dθ mean_part(ℓ), exact
-    as the VAE has no batch statistics, while activation memory follows `micro`, not the batch."""
+    as the VAE has no batch statistics, while activation memory follows `micro`, not the batch. `idx` and `eps`
+    are the global batch's; this rank computes on its rows of them through `net` (its DDP wrapper, which
+    averages the rank means into the global mean: gradients stay local until the last micro-batch)."""
+    net = net or vae
     vae.train()
     opt.zero_grad(set_to_none=True)
     totals = torch.zeros(3, device=device)
-    for rows in torch.arange(len(idx)).split(micro):
+    mine = torch.arange(len(idx))[world.rows(len(idx))]
+    parts = mine.split(micro)
+    for i, rows in enumerate(parts):
         x = x_all[idx[rows]].to(device)
-        mean, logvar = vae.encode(x)
-        z = mean if eps is None else reparameterize(mean, logvar, eps[rows].to(device))
-        parts = torch.stack(vae_loss(x, vae.decode(z), mean, logvar, beta, sigma)) * (len(rows) / len(idx))
-        parts[0].backward()
-        totals += parts.detach()
-    apply_gradients(vae, opt, totals[0], loss_name="loss", module_name=name)
-    loss, recon, kl = totals.tolist()
-    return {"loss": loss, "recon": recon, "kl": kl}
+        with no_sync(net) if i < len(parts) - 1 else contextlib.nullcontext():
+            x_hat, mean, logvar = net(x, None if eps is None else eps[rows].to(device))
+            losses = torch.stack(vae_loss(x, x_hat, mean, logvar, beta, sigma)) * (len(rows) / len(mine))
+            losses[0].backward()
+        totals += losses.detach()
+    apply_gradients(vae, opt, totals[0], loss_name="loss", module_name=name, check=check)
+    return dict(zip(("loss", "recon", "kl"), totals, strict=True))
 
 
 def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
@@ -119,6 +126,7 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
         vae = VAE(**network).to(ctx.device)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
+    net = ctx.world.wrap(vae)
     x_all = data.train.images
     train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
 
@@ -128,18 +136,19 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
     # no split up to 32 px at the default batch (the same bits as one backward)
     micro = inference_batch(side) // 2
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> dict[str, float]:
+    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         beta = 0.0 if plain else beta_at(cfg, trainable.step * cfg.batch_size)
         # drawn for the whole batch, whatever the split (the plain AE draws nothing)
         eps = None if plain else torch.randn((len(idx), *latent), generator=g)
         out = vae_step(vae, opt, x_all, idx, eps, beta, cfg.recon_sigma, micro, ctx.device,
-                       "ae" if plain else "vae")
+                       "ae" if plain else "vae", net=net, world=ctx.world, check=trainable.check)
         return {**out, "beta": beta}
 
     prefix = "ae_" if plain else ""
     train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
           fingerprint=fingerprint(key, cfg, ctx.seed, data.hash),
-          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {}, run_id=mlrun.run_id)
+          on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {}, run_id=mlrun.run_id,
+          world=ctx.world)
     return trainable
 
 
@@ -192,6 +201,9 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
     resume = tuple((ctx.paths.checkpoint(k), fingerprint(k, cfg, ctx.seed, data.hash)) for k in keys)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=resume) as mlrun:
         trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
+        ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"] if cfg.ae_baseline else None
+        if not ctx.world.main:
+            return {}
         vae = trainable.modules["vae"]
         scale, train_mean = train_latents(vae, data, ctx.device, ctx.seed)
         t_mean, t_logvar = encode(vae, data.test.images, ctx.device)
@@ -221,8 +233,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             if arith is not None:
                 first = fid.attribute_accuracy(evaluator, arith["images"], arith["targets"])
                 metrics["arithmetic_accuracy"] = next(iter(first.values()))  # the concept attribute's accuracy
-            if cfg.ae_baseline:
-                ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"]
+            if ae is not None:
                 # random latents at the AE's own scale: N(0, std^2 I), std of its training latents
                 ae_prior = decode(ae, prior * mean_std(ae, data, ctx.device), ctx.device)
                 ae_rec = decode(ae, encode(ae, data.test.images, ctx.device)[0], ctx.device)
