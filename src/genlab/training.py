@@ -85,11 +85,12 @@ class FiniteCheck:
         if name not in self.names:
             self.names.append(name)
         v = v.detach().to(torch.float64)
-        if self.first is None:
+        if self.first is None:  # once: later updates pass the step and name as kernel scalars, no host copy
             self.first = torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64, device=v.device)
-        new = torch.stack([torch.tensor(float(self.step), dtype=torch.float64, device=v.device),
-                           torch.tensor(float(self.names.index(name)), dtype=torch.float64, device=v.device), v])
-        self.first = torch.where((self.first[0] < 0) & ~torch.isfinite(v), new, self.first)
+        bad = (self.first[0] < 0) & ~torch.isfinite(v)
+        self.first = torch.stack([torch.where(bad, float(self.step), self.first[0]),
+                                  torch.where(bad, float(self.names.index(name)), self.first[1]),
+                                  torch.where(bad, v, self.first[2])])
 
     def raise_if_any(self, world: World) -> None:
         """Deferred: raise `NonFinite` for the first bad value recorded (on any rank); one host sync."""
