@@ -214,7 +214,7 @@ CASES = [
     Case("split-attribute-out-of-range", "train_evaluator", rewrite(TRAIN, put("attributes", set_value((5, 0), 12))),
          (TRAIN, "attributes[:, 0]: expected values in [0, 10)")),
     # the manifest
-    Case("manifest-missing", "sample", remove(MANIFEST), (MANIFEST, "not found", "genlab prepare")),
+    Case("manifest-missing", "sample vae", remove(MANIFEST), (MANIFEST, "not found", "genlab prepare")),
     Case("manifest-not-json", "train_evaluator", lambda root: (root / MANIFEST).write_text("{'counts': "),
          (MANIFEST, "not valid JSON")),
     Case("manifest-no-image-shape", "train_vae", manifest(lambda m: m.pop("image_shape")),
@@ -228,7 +228,7 @@ CASES = [
          (MANIFEST, "content_hash", "does not match the tensors", "dvc checkout")),
     # upstream models: missing
     Case("vae-missing-train_ldm", "train_ldm", remove("models/vae"), (VAE_SNAP, "not found", "genlab train_vae")),
-    Case("vae-missing-sample", "sample", remove("models/vae"), (VAE_SNAP, "not found", "genlab train_vae")),
+    Case("vae-missing-sample", "sample ldm", remove("models/vae"), (VAE_SNAP, "not found", "genlab train_vae")),
     Case("evaluator-missing-train_vae", "train_vae", remove("models/evaluator"),
          (EVALUATOR, "not found", "genlab train_evaluator")),
     Case("evaluator-missing-train_ldm", "train_ldm", remove("models/evaluator"),
@@ -240,20 +240,20 @@ CASES = [
     Case("evaluator-missing-evaluate", "evaluate", remove("models/evaluator"),
          (EVALUATOR, "not found", "genlab train_evaluator")),
     # snapshots: damaged, or of another architecture
-    Case("snapshot-empty", "sample", empty(GAN), (GAN, "empty file", "snapshot", "genlab train_gan")),
-    Case("snapshot-truncated", "sample", truncate(LDM), (LDM, "truncated or corrupt", "genlab train_ldm")),
+    Case("snapshot-empty", "sample gan", empty(GAN), (GAN, "empty file", "snapshot", "genlab train_gan")),
+    Case("snapshot-truncated", "sample ldm", truncate(LDM), (LDM, "truncated or corrupt", "genlab train_ldm")),
     Case("snapshot-corrupt-header", "evaluate", corrupt_header(EVALUATOR), (EVALUATOR, "truncated or corrupt")),
     Case("snapshot-no-config", "train_ldm", rewrite(VAE_SNAP, header=lambda m: m.pop("config")),
          (VAE_SNAP, "no 'config' in its safetensors header")),
     Case("snapshot-gan-as-vae", "train_ldm", copy(GAN, VAE_SNAP), (VAE_SNAP, "does not build a VAE", "z_dim")),
-    Case("snapshot-evaluator-as-unet", "sample", copy(EVALUATOR, PIXEL),
+    Case("snapshot-evaluator-as-unet", "sample pixel", copy(EVALUATOR, PIXEL),
          (PIXEL, "does not build a diffusion U-Net", "expected a diffusion U-Net snapshot", "genlab train_pixel")),
     Case("snapshot-vae-as-evaluator", "guidance_sweep", copy(VAE_SNAP, EVALUATOR),
          (EVALUATOR, "expected an evaluator snapshot", "base_channels")),
-    Case("snapshot-vae-other-widths", "sample",
+    Case("snapshot-vae-other-widths", "sample vae",
          rewrite(VAE_SNAP, header=config(lambda c: c["network"].update(base_channels=16))),
          (VAE_SNAP, "not a VAE snapshot of this shape", "in the file")),
-    Case("snapshot-vae-other-latents", "sample",
+    Case("snapshot-vae-other-latents", "sample ldm",
          snapshot_of(VAE(1, 8, 8, 1), {"network": {"in_channels": 1, "base_channels": 8, "latent_channels": 8,
                                                    "downsample": 1}, "latent_shape": [8, 8, 8], "latent_scale": 1.0,
                                        "image_size": 16}, VAE_SNAP),
@@ -351,7 +351,7 @@ def test_bad_file_is_refused_in_one_line(case: Case, root: Path, monkeypatch: py
     monkeypatch.chdir(root)  # some damages read the project's own files
     case.damage(root)
     before = outputs(root)
-    code, stderr = run_in_process(root, [case.stage], monkeypatch, capfd)
+    code, stderr = run_in_process(root, case.stage.split(), monkeypatch, capfd)
     assert_refused(code, stderr, case.expect, root, before)
     assert len([line for line in stderr.splitlines() if line.strip()]) == 1, stderr  # nothing logged before it
     assert not (root.parent / MARKER).exists()

@@ -22,8 +22,8 @@ from safetensors.torch import load_file
 from tests.conftest import sh
 
 FAMILIES = ("vae", "ldm", "pixel", "gan")
-STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
-          "guidance_sweep", "reference_stats", "evaluate")
+STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample_vae",
+          "sample_ldm", "sample_pixel", "sample_gan", "guidance_sweep", "reference_stats", "evaluate")
 
 
 def test_repro_writes_every_output(repro: tuple[Path, dict[str, str], str]) -> None:
@@ -137,13 +137,14 @@ def test_param_change_reruns_only_dependents_through_prefect(repro: tuple[Path, 
     with prefect_test_harness(server_startup_timeout=120):
         results = flow_module.pipeline(root=str(root))
     assert set(results) == set(STAGES)
-    assert {s for s, status in results.items() if status == "ran"} == {"sample", "evaluate"}  # not the sweep
+    # one family's sampling params moved: its sample stage and evaluate re-run, not the other families' or the sweep
+    assert {s for s, status in results.items() if status == "ran"} == {"sample_ldm", "evaluate"}
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["genlab"], output_format="pandas")
     parent = runs[runs["tags.genlab.stage"] == "pipeline"]
     assert len(parent) == 1 and parent["status"].item() == "FINISHED"
     children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id.item()]
-    assert set(children["tags.genlab.stage"]) == {"sample", "evaluate"}
+    assert set(children["tags.genlab.stage"]) == {"sample_ldm", "evaluate"}
     m = json.loads((root / "metrics" / "evaluate.json").read_text())
     assert m["registry"]["ldm"]["version"] == "2"
 

@@ -15,7 +15,8 @@ from genlab.cli import main
 from genlab.data import shapes
 from tests.conftest import tiny_params
 
-STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
+STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample_vae",
+          "sample_ldm", "sample_pixel", "sample_gan",
           "guidance_sweep", "reference_stats", "evaluate")
 
 

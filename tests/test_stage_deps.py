@@ -62,7 +62,8 @@ def covered(deps: list[str]) -> set[str]:
 def test_stage_code_deps_are_its_import_closure(stage: str) -> None:
     deps = STAGES[stage]["deps"]
     assert all((ROOT / d).exists() for d in deps if d.startswith("src/")), "a code dependency that does not exist"
-    want, have = import_closure(f"genlab.stages.{stage}") | EXTRA.get(stage, set()), covered(deps)
+    module = STAGES[stage]["cmd"].split()[1]  # `genlab <module> [args]`: sample_ldm runs `genlab sample ldm`
+    want, have = import_closure(f"genlab.stages.{module}") | EXTRA.get(stage, set()), covered(deps)
     assert have == want, f"{stage}: missing {sorted(want - have)}, extra {sorted(have - want)}"
 
 

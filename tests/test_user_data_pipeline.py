@@ -51,8 +51,8 @@ def project_with(tmp: Path, data: dict, write: Callable[[Path], None], **section
 def check_run(root: Path, env: dict, labelled: bool) -> dict:
     """Every stage ran; report, champions and the served LDM as they should be. Returns evaluate's metrics."""
     out = sh(["dvc", "repro"], root, env).stdout
-    for stage in ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample",
-                  "guidance_sweep", "reference_stats", "evaluate"):
+    for stage in ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample_vae",
+                  "sample_ldm", "sample_pixel", "sample_gan", "guidance_sweep", "reference_stats", "evaluate"):
         assert f"Running stage '{stage}'" in out, stage
     m = json.loads((root / "metrics" / "evaluate.json").read_text())
     table = pd.read_csv(root / "reports" / "comparison.csv")

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from genlab.config import load_params
+from genlab.config import FAMILIES, load_params
 from genlab.errors import ConfigError, GenlabError, StageFailed
 from genlab.memory import fix_mmap_threshold
 from genlab.paths import Paths
@@ -34,7 +34,8 @@ STAGES = {
 TRAINING = ("train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan")
 
 
-def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | None = None) -> object:
+def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | None = None,
+              family: str | None = None) -> object:
     """Validate the whole params file first (nothing is written on bad input), then run one stage: a training
     stage with `dist.nproc_per_node` > 1 under torchrun, unless this process is already one of its ranks."""
     params = load_params(params_path)
@@ -54,7 +55,8 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed
         deterministic(ctx.device)
         module = importlib.import_module(f"genlab.stages.{stage}")
-        return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx)
+        extra = (family,) if stage == "sample" else ()  # one family per sample stage
+        return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx, *extra)
     finally:
         leave(world)
 
@@ -119,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{stage,compare,preset,synth}")
     for stage in STAGES:
         s = sub.add_parser(stage, help=f"run the {stage} stage")
+        if stage == "sample":
+            s.add_argument("family", choices=FAMILIES, help="the model family to sample")
         s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
         s.add_argument("--debug", action="store_true", help="on an error, print the traceback too")
     c = sub.add_parser("compare", help="models across MLflow runs and experiments, as one table")
@@ -153,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("preset", "synth"):
             {"preset": run_preset, "synth": run_synth}[args.command](args)
         else:
-            run_stage(args.command, args.params)
+            run_stage(args.command, args.params, family=getattr(args, "family", None))
     except GenlabError as exc:
         if getattr(args, "debug", False):
             raise

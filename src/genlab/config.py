@@ -181,6 +181,7 @@ class DistConfig(Section):
 
 
 TRAINING_SECTIONS = ("evaluator", "vae", "ldm", "pixel", "gan")
+FAMILIES = ("vae", "ldm", "pixel", "gan")  # the generative model families, in the order reports list them
 
 
 class Params(Section):

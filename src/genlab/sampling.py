@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from genlab.checkpoint import load_network, rerun
+from genlab.config import FAMILIES
 from genlab.data.sources import heldout_prompts
 from genlab.diffusion.sample import (
     Denoiser,
@@ -30,7 +31,6 @@ from genlab.models.unet import UNet
 from genlab.models.vae import VAE
 from genlab.randomness import derive_seed, generator
 
-FAMILIES = ("vae", "ldm", "pixel", "gan")
 DIFFUSION = ("ldm", "pixel")
 
 

@@ -22,6 +22,7 @@ import torch
 from genlab import html_report, inputs
 from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfig
 from genlab.data import shapes, sources
+from genlab.errors import GenlabError
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
 from genlab.paths import read_json
@@ -190,8 +191,14 @@ def sweep_path(ctx: Context) -> Path:
 
 
 def sample_seed(ctx: Context) -> int:
-    """The base seed the sample stage used (each image's own seed is derived from it)."""
-    return int(read_json(ctx.paths.samples / "manifest.json", ("base_seed",), "sample")["base_seed"])
+    """The base seed every family's sample stage used (each image's own seed is derived from it); families
+    sampled with different seeds are refused in one line (their samples would not be one comparison)."""
+    seeds = {f: int(read_json(ctx.paths.samples / f"{f}.json", ("base_seed",), f"sample {f}")["base_seed"])
+             for f in FAMILIES}
+    if len(set(seeds.values())) > 1:
+        raise GenlabError(f"{ctx.paths.samples}: the families were sampled with different sample.seed values "
+                          f"({', '.join(f'{f} {s}' for f, s in seeds.items())}); rerun `dvc repro`")
+    return next(iter(seeds.values()))
 
 
 def accuracies(evaluator: Path, images: torch.Tensor, labels: torch.Tensor, manifest: dict) -> dict[str, float]:

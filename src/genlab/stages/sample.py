@@ -1,8 +1,10 @@
-"""Stage `sample`: N images from every trained family, each with its own recorded seed.
+"""Stage `sample FAMILY` (dvc.yaml: `sample_<family>`, one stage per family): N images from one trained family,
+each with its own recorded seed.
 
-Conditional families (LDM, GAN) are class-balanced (n_per_class of each class); the VAE samples
+Conditional families (LDM, pixel, GAN) are class-balanced (n_per_class of each class); the VAE samples
 N(0, I) unconditionally. The LDM samples by DDIM with `ldm.sample_steps`, `ldm.eta` and
-classifier-free guidance scale `ldm.guidance_scale`.
+classifier-free guidance scale `ldm.guidance_scale`. One stage per family, so a change to one family's
+sampling params (`dvc exp run -S ldm.guidance_scale=2`) re-samples that family alone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from genlab.config import DiffusionConfig, LDMConfig, PixelConfig, SampleConfig
 from genlab.data.splits import describe, read_manifest
 from genlab.errors import GenlabError
 from genlab.images import save_grid
-from genlab.paths import atomic_write, staged_dir
-from genlab.sampling import DIFFUSION, FAMILIES, generate, image_seeds, load_sampler
+from genlab.paths import atomic_write
+from genlab.sampling import DIFFUSION, generate, image_seeds, load_sampler
 from genlab.stages.common import Context, stage_run, write_metrics
 
 STAGE = "sample"
@@ -39,10 +41,11 @@ def read_samples(ctx: Context, family: str, manifest: dict | None = None) -> dic
     Anything else is refused with one line naming the file and the tensor."""
     manifest = read_manifest(ctx.paths.prepared) if manifest is None else manifest
     path = ctx.paths.samples / f"{family}.safetensors"
-    t, _ = read_safetensors(path, "samples", STAGE)
+    t, _ = read_safetensors(path, "samples", f"{STAGE} {family}")
     for key in ("images", "labels", "seeds"):
         if key not in t:
-            raise GenlabError(f"{path}: no tensor {key!r} (expected images, labels, seeds); rerun `genlab {STAGE}`")
+            raise GenlabError(f"{path}: no tensor {key!r} (expected images, labels, seeds); "
+                              f"rerun `genlab {STAGE} {family}`")
     images, k = t["images"], manifest["num_classes"]
     n = images.shape[0] if images.dim() else 0
     shape = (n, *manifest["image_shape"])
@@ -52,13 +55,14 @@ def read_samples(ctx: Context, family: str, manifest: dict | None = None) -> dic
     for key, (dtype, want) in expected.items():
         if t[key].dtype != dtype or tuple(t[key].shape) != want:
             raise GenlabError(f"{path}: {key}: expected {describe(dtype, want)} ({why[key]}), got "
-                              f"{describe(t[key].dtype, t[key].shape)}; rerun `genlab {STAGE}`")
+                              f"{describe(t[key].dtype, t[key].shape)}; rerun `genlab {STAGE} {family}`")
     if n < 2 or not bool(images.isfinite().all()):
-        raise GenlabError(f"{path}: images: expected at least 2 images, all finite; rerun `genlab {STAGE}`")
+        raise GenlabError(f"{path}: images: expected at least 2 images, all finite; "
+                          f"rerun `genlab {STAGE} {family}`")
     labels = t["labels"]
     if not (bool((labels == -1).all()) or bool(((labels >= 0) & (labels < k)).all())):
         raise GenlabError(f"{path}: labels: expected all -1 (unconditional) or all in [0, {k}), got "
-                          f"[{int(labels.min())}, {int(labels.max())}]; rerun `genlab {STAGE}`")
+                          f"[{int(labels.min())}, {int(labels.max())}]; rerun `genlab {STAGE} {family}`")
     return t
 
 
@@ -92,24 +96,24 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
     return {"n": len(seeds), "conditional": sampler.conditional, "seconds": round(seconds, 3), **kwargs}
 
 
-def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context) -> dict:
+def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context, family: str) -> dict:
+    """Sample `family`: samples/<family>.safetensors (images, labels, seeds), <family>.png (a grid) and
+    <family>.json (base seed, count, settings; the manifest `evaluate` reads), written in that order."""
     manifest = read_manifest(ctx.paths.prepared)
     labels = sample_labels(manifest, cfg)
-    dirs = {f: ctx.paths.model(f) for f in FAMILIES}
-    # every snapshot is loaded (and a missing or damaged one refused) before the run opens or anything is sampled
-    samplers = {family: load_sampler(family, dirs, ctx.device) for family in FAMILIES}
-    summary: dict[str, dict] = {}
-    with stage_run(ctx, STAGE, cfg, manifest["content_hash"]) as mlrun:
-        with staged_dir(ctx.paths.samples) as out:
-            for family, sampler in samplers.items():
-                kwargs = diffusion_settings({"ldm": ldm, "pixel": pixel}[family]) if family in DIFFUSION else {}
-                summary[family] = sample_family(family, sampler, labels, cfg, kwargs, out, cfg.n_per_class)
-            # timings go to metrics/sample.json, not into the output: same params, same bytes
-            families = {f: {k: v for k, v in s.items() if k != "seconds"} for f, s in summary.items()}
-            atomic_write(out / "manifest.json", json.dumps({"base_seed": cfg.seed, "families": families}, indent=2))
-        metrics = {**{f"{f}_seconds": s["seconds"] for f, s in summary.items()}, "n_per_family": len(labels)}
+    dirs = {f: ctx.paths.model(f) for f in ("vae", family)} if family == "ldm" else {family: ctx.paths.model(family)}
+    # the snapshot is loaded (a missing or damaged one refused) before the run opens or anything is written
+    sampler = load_sampler(family, dirs, ctx.device)
+    kwargs = diffusion_settings({"ldm": ldm, "pixel": pixel}[family]) if family in DIFFUSION else {}
+    stage = f"{STAGE}_{family}"
+    with stage_run(ctx, stage, cfg, manifest["content_hash"]) as mlrun:
+        ctx.paths.samples.mkdir(parents=True, exist_ok=True)
+        summary = sample_family(family, sampler, labels, cfg, kwargs, ctx.paths.samples, cfg.n_per_class)
+        # timings go to metrics/sample_<family>.json, not into the output: same params, same bytes
+        record = {"base_seed": cfg.seed, **{k: v for k, v in summary.items() if k != "seconds"}}
+        atomic_write(ctx.paths.samples / f"{family}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        metrics = {"seconds": summary["seconds"], "n": summary["n"]}
         mlrun.log_metrics(metrics)
-        for f in FAMILIES:
-            mlrun.log_artifact(ctx.paths.samples / f"{f}.png", "grids")
-    write_metrics(ctx, STAGE, metrics)
+        mlrun.log_artifact(ctx.paths.samples / f"{family}.png", "grids")
+    write_metrics(ctx, stage, metrics)
     return summary
