@@ -117,6 +117,7 @@ def test_mnist_idx_end_to_end_and_dvc_remote_round_trip(tmp_path: Path) -> None:
     assert "train_vae:" not in status  # its own deps are unchanged until prepare writes new data
 
 
+@pytest.mark.slow  # ~5 min on 2 cores: the default suite keeps its ~20-25 minutes (the labelled MNIST run stays)
 def test_unlabelled_folder_end_to_end(tmp_path: Path) -> None:
     root, env = project_with(tmp_path, {"source": "image_folder", "path": "data/raw/flat"},
                              lambda d: synthetic.write_image_folder(d, 100, 24, seed=1, flat=True))
