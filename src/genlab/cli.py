@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from genlab.config import FAMILIES, load_params
+from genlab.config import FAMILIES, TRAINING_SECTIONS, load_params
 from genlab.errors import ConfigError, GenlabError, StageFailed
 from genlab.memory import fix_mmap_threshold
 from genlab.paths import Paths
@@ -31,7 +31,7 @@ STAGES = {
 }
 
 
-TRAINING = ("train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan")
+TRAINING = tuple(f"train_{section}" for section in TRAINING_SECTIONS)  # the stages torchrun can run
 
 
 def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | None = None,

@@ -149,7 +149,6 @@ def global_batch_norms(module: nn.Module) -> None:
             m.__class__ = GlobalBatchNorm
 
 
-
 def no_sync(net: nn.Module) -> contextlib.AbstractContextManager:
     """Inside: backward passes through `net` keep their gradients local (DDP's no_sync; one process: no-op),
     for micro-batches before the last one, or gradients that are never applied."""

@@ -98,8 +98,7 @@ class FiniteCheck:
             return
         first = self.first if self.first is not None else torch.tensor([-1.0, 0.0, 0.0], dtype=torch.float64)
         if world.size > 1:  # the earliest bad step on any rank: min over ranks of (step, or +inf for none)
-            key = torch.where(first[0] < 0, torch.tensor(math.inf, dtype=torch.float64, device=first.device),
-                              first[0])
+            key = torch.where(first[0] < 0, math.inf, first[0])
             earliest = key.clone()
             torch.distributed.all_reduce(earliest, op=torch.distributed.ReduceOp.MIN)
             if math.isinf(float(earliest)):
