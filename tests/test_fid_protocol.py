@@ -35,13 +35,12 @@ from genlab.metrics.fid import (
     prc_batch_size,
 )
 from genlab.metrics.reference import (
-    cached_reference,
     compute_reference,
     load_reference,
-    reference_in_process,
     reference_key,
     save_reference,
     score_against,
+    stored_reference,
 )
 from genlab.models.evaluator import Evaluator
 
@@ -172,7 +171,7 @@ def sets() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="module")
 def saved_reference(tmp_path_factory: pytest.TempPathFactory, sets: tuple[torch.Tensor, torch.Tensor],
                     offline: Extractor) -> tuple[refstats.ReferenceStats, Path]:
-    stats = compute_reference(sets[1], offline, reference_key(DATA_HASH, offline), batch_size=32)
+    stats = compute_reference(sets[1], offline, reference_key(DATA_HASH, offline), batch_size=32, radii_k=PR)
     path = tmp_path_factory.mktemp("reference") / "train.safetensors"
     save_reference(stats, path)
     return stats, path
@@ -186,6 +185,9 @@ def test_reference_round_trips(saved_reference: tuple[refstats.ReferenceStats, P
     assert torch.equal(loaded.features, stats.features)
     assert (loaded.mu == stats.mu).all() and (loaded.sigma == stats.sigma).all()
     assert loaded.key == stats.key and loaded.n == 100
+    # the k-NN radii of precision/recall travel with the features: torch-fidelity's, for k = PR
+    assert loaded.radii_k == PR and torch.equal(loaded.radii, stats.radii)
+    assert torch.equal(loaded.radii, refstats.knn_radii(stats.features.float(), PR, 64))
     # the weights are named by content (sha256) and file name, not by where the project lives
     assert loaded.extractor == replace(offline, weights_path=Path(offline.weights_path).name)
     with safe_open(str(path), framework="pt") as f:
@@ -219,36 +221,30 @@ def test_score_against_refuses_another_extractor(saved_reference: tuple[refstats
         score_against(_images(10, 3), saved_reference[0], make_extractor(evaluators[1], None), KID, PR)
 
 
-def test_cached_reference_is_computed_once_per_key(monkeypatch: pytest.MonkeyPatch, offline: Extractor,
-                                                   tmp_path: Path) -> None:
-    calls = []
-    real = refstats.compute_reference
-    monkeypatch.setattr(refstats, "compute_reference", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    path, images = tmp_path / "ref.safetensors", _images(20, 5)
-    first = cached_reference(path, images, offline, DATA_HASH)
-    again = cached_reference(path, images, offline, DATA_HASH)
-    assert len(calls) == 1 and torch.equal(first.features, again.features)
-    changed = cached_reference(path, images, offline, "e" * 64)  # stale: recomputed and overwritten
-    assert len(calls) == 2 and load_reference(path, changed.key).key == reference_key("e" * 64, offline)
-
-
-def test_reference_in_process_extracts_once_per_reference(monkeypatch: pytest.MonkeyPatch,
-                                                          offline: Extractor) -> None:
-    calls = []
-    real = refstats.compute_reference
-    monkeypatch.setattr(refstats, "compute_reference", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
-    images = _images(20, 6)
-    first = reference_in_process(images, offline, DATA_HASH)
-    assert reference_in_process(images, offline, DATA_HASH) is first and len(calls) == 1
-    other = reference_in_process(images, offline, "e" * 64)  # another data version: extracted again
-    assert len(calls) == 2 and other.key == reference_key("e" * 64, offline)
-    assert torch.equal(first.features, compute_reference(images, offline, "k").features)
-    # the reference's k-NN radii (N² distances) are computed once for every score against it
+def test_stored_reference_loads_once_and_scores_with_its_radii(
+        monkeypatch: pytest.MonkeyPatch, saved_reference: tuple[refstats.ReferenceStats, Path],
+        offline: Extractor) -> None:
+    path, key = saved_reference[1], reference_key(DATA_HASH, offline)
+    loads = []
+    real_load = refstats.load_reference
+    monkeypatch.setattr(refstats, "load_reference", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+    first = stored_reference(path, key, "train_evaluator")
+    assert stored_reference(path, key, "train_evaluator") is first and len(loads) == 1
+    with pytest.raises(GenlabError, match=r"stale reference statistics.*`genlab train_evaluator`"):
+        stored_reference(path, reference_key("e" * 64, offline), "train_evaluator")
+    # scoring uses the stored radii (no N² pass over the reference) and gives the numbers of computing them
     sizes = []
     real_radii = refstats.knn_radii
     monkeypatch.setattr(refstats, "knn_radii", lambda f, k, b: sizes.append(len(f)) or real_radii(f, k, b))
-    scores = [score_against(_images(12, s), other, offline, KID, PR) for s in (7, 8)]
-    assert sizes == [20, 12, 12] and scores[0] != scores[1]
+    gen = _images(12, 7)
+    stored = score_against(gen, first, offline, KID, PR)
+    assert sizes == [12]  # the generated features only
+    bare = replace(first, radii=None, radii_k=0)
+    assert score_against(gen, bare, offline, KID, PR) == stored and sizes == [12, 100, 12]
+    # another k than the stored one: computed, once per reference
+    score_against(gen, first, offline, KID, PR + 1)
+    score_against(_images(12, 8), first, offline, KID, PR + 1)
+    assert sizes == [12, 100, 12, 100, 12, 12]
 
 
 def test_precision_recall_blocks_bound_memory_and_keep_the_numbers() -> None:

@@ -19,6 +19,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from genlab.data.store import images_of
+from genlab.metrics.fid import extract_features, make_extractor
+from genlab.metrics.reference import load_reference, reference_key
 from tests.conftest import sh
 
 FAMILIES = ("vae", "ldm", "pixel", "gan")
@@ -48,6 +51,19 @@ def test_repro_writes_every_output(repro: tuple[Path, dict[str, str], str]) -> N
         assert (root / "samples" / f"{fam}.png").stat().st_size > 0
     assert (root / "plots" / "train_ldm.csv").is_file()
     assert not (root / "checkpoints" / "train_ldm.pt").exists()  # in-progress state dropped once finished
+
+
+def test_train_features_are_extracted_once_by_the_evaluator_stage(repro: tuple[Path, dict[str, str], str]) -> None:
+    """train_evaluator keeps the train split's features (and k-NN radii) next to the evaluator; in the offline tier
+    reference_stats' file holds the same numbers under the same key, and they are the features of the split."""
+    root = repro[0]
+    ex = make_extractor(root / "models" / "evaluator" / "model.safetensors", None)
+    data_hash = json.loads((root / "data/prepared/manifest.json").read_text())["content_hash"]
+    kept = load_reference(root / "models" / "evaluator" / "train_reference.safetensors", reference_key(data_hash, ex))
+    stats = load_reference(root / "stats" / "reference.safetensors", kept.key)
+    assert kept.n == 1257 and torch.equal(kept.features, stats.features) and torch.equal(kept.radii, stats.radii)
+    train = images_of(root / "data" / "prepared" / "train.safetensors")
+    assert torch.equal(kept.features.float(), extract_features(train, ex))
 
 
 def test_evaluate_metrics_are_sane(repro: tuple[Path, dict[str, str], str]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class ReferenceStats:
     sigma: np.ndarray
     key: str
     extractor: Extractor
+    radii: torch.Tensor | None = None  # each feature's k-NN radius for precision/recall, k = radii_k
+    radii_k: int = 0
 
     @property
     def n(self) -> int:
@@ -58,53 +61,63 @@ class ReferenceStats:
 
 
 def compute_reference(images: torch.Tensor, extractor: Extractor, key: str, batch_size: int = 256,
-                      cuda: bool = False) -> ReferenceStats:
-    """Extract the reference features once; mu and sigma with torch-fidelity's `fid_features_to_statistics`."""
+                      cuda: bool = False, radii_k: int = 0) -> ReferenceStats:
+    """Extract the reference features once; mu and sigma with torch-fidelity's `fid_features_to_statistics`; with
+    `radii_k`, also the features' k-NN radii of precision/recall (N² distances: worth keeping for a large split)."""
+    t0 = time.perf_counter()
+    log.info("extracting %s features of %d reference images", extractor.label, len(images))
     feats = extract_features(images, extractor, batch_size, cuda)
     stats = fid_features_to_statistics(feats)
+    radii = knn_radii(feats, radii_k, prc_batch_size(len(feats))) if radii_k else None
+    log.info("reference features (%d x %d) in %.0f s", *feats.shape, time.perf_counter() - t0)
     return ReferenceStats(features=feats.double(), mu=stats["mu"].astype(np.float64),
-                          sigma=stats["sigma"].astype(np.float64), key=key, extractor=extractor)
+                          sigma=stats["sigma"].astype(np.float64), key=key, extractor=extractor, radii=radii,
+                          radii_k=radii_k)
 
 
 def save_reference(stats: ReferenceStats, path: Path) -> None:
     """safetensors: features, mu, sigma; the key and the extractor description in the header."""
     tensors = {"features": stats.features.contiguous(), "mu": torch.from_numpy(np.ascontiguousarray(stats.mu)),
                "sigma": torch.from_numpy(np.ascontiguousarray(stats.sigma))}
+    if stats.radii is not None:
+        tensors["radii"] = stats.radii.contiguous()
     # the weights are identified by their sha256; only the file's name is kept, so the bytes do not depend on
     # where the project lives
     extractor = {**asdict(stats.extractor), "weights_path": Path(stats.extractor.weights_path).name}
-    metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(extractor, sort_keys=True)}
+    metadata = {"key": stats.key, "n": str(stats.n), "extractor": json.dumps(extractor, sort_keys=True),
+                "radii_k": str(stats.radii_k if stats.radii is not None else 0)}
     atomic_write(Path(path), safetensors_bytes(tensors, metadata))
 
 
-def _header(path: Path) -> dict[str, str]:
+def _header(path: Path, producer: str) -> dict[str, str]:
     if not path.is_file():
-        raise GenlabError(f"{path}: reference statistics not found (run `genlab reference_stats` first)")
+        raise GenlabError(f"{path}: reference statistics not found (run `genlab {producer}` first)")
     try:
         with safe_open(str(path), framework="pt") as f:
             return f.metadata() or {}
     except Exception as e:  # noqa: BLE001 (SafetensorError for a damaged file; others for bytes of another format)
         raise GenlabError(f"{path}: not a reference statistics file ({first_line(e)}): truncated or corrupt; "
-                          "rerun `genlab reference_stats`") from None
+                          f"rerun `genlab {producer}`") from None
 
 
-def load_reference(path: Path, expected_key: str | None = None) -> ReferenceStats:
-    """Load a reference file; with `expected_key`, refuse a stale one (the data or the extractor changed)."""
+def load_reference(path: Path, expected_key: str | None = None, producer: str = "reference_stats") -> ReferenceStats:
+    """Load a reference file; with `expected_key`, refuse a stale one (the data or the extractor changed).
+    `producer`: the stage that writes the file, named in the errors."""
     path = Path(path)
-    meta = _header(path)
+    meta = _header(path, producer)
     if "key" not in meta or "extractor" not in meta:
         raise GenlabError(f"{path}: not a reference statistics file (no key/extractor in its header); "
-                          "rerun `genlab reference_stats`")
+                          f"rerun `genlab {producer}`")
     if expected_key is not None and meta["key"] != expected_key:
         raise GenlabError(f"{path}: stale reference statistics (key {meta['key'][:12]}, expected "
                           f"{expected_key[:12]}): the data or the feature extractor changed; recompute them "
-                          "(`genlab reference_stats`)")
-    t, _ = read_safetensors(path, "reference statistics", "reference_stats")
+                          f"(`genlab {producer}`)")
+    t, _ = read_safetensors(path, "reference statistics", producer)
     try:
         extractor = Extractor(**json.loads(meta["extractor"]))
     except (ValueError, TypeError) as e:
         raise GenlabError(f"{path}: the 'extractor' in its header is not an extractor description ({first_line(e)}); "
-                          "rerun `genlab reference_stats`") from None
+                          f"rerun `genlab {producer}`") from None
     mu = t.get("mu")
     d = mu.shape[0] if mu is not None and mu.dim() == 1 else -1
     for key, shape in {"features": (None, d), "mu": (d,), "sigma": (d, d)}.items():
@@ -113,38 +126,26 @@ def load_reference(path: Path, expected_key: str | None = None) -> ReferenceStat
                 e is not None and e != n for e, n in zip(shape, x.shape, strict=True)):
             got = "missing" if x is None else f"{x.dtype} {tuple(x.shape)}"
             raise GenlabError(f"{path}: {key}: expected features (N, D), mu (D,), sigma (D, D) as floats, got {got}; "
-                              "rerun `genlab reference_stats`")
+                              f"rerun `genlab {producer}`")
+    radii, radii_k = t.get("radii"), int(meta.get("radii_k", "0") or 0)
+    if radii is not None and (radii.dim() != 1 or len(radii) != len(t["features"]) or radii_k < 1):
+        raise GenlabError(f"{path}: radii: expected one k-NN radius per feature (k >= 1 in the header), got "
+                          f"{tuple(radii.shape)} with k = {radii_k}; rerun `genlab {producer}`")
     return ReferenceStats(features=t["features"], mu=t["mu"].numpy(), sigma=t["sigma"].numpy(), key=meta["key"],
-                          extractor=extractor)
+                          extractor=extractor, radii=radii, radii_k=radii_k if radii is not None else 0)
 
 
-def cached_reference(path: Path, images: torch.Tensor, extractor: Extractor, data_hash: str,
-                     batch_size: int = 256, cuda: bool = False) -> ReferenceStats:
-    """The reference statistics at `path` if their key matches (data_hash, extractor), else computed and saved."""
-    path, key = Path(path), reference_key(data_hash, extractor)
-    if path.is_file() and _header(path).get("key") == key:
-        return load_reference(path, key)
-    if path.is_file():
-        log.info("%s: stale reference statistics, recomputing", path)
-    stats = compute_reference(images, extractor, key, batch_size, cuda)
-    save_reference(stats, path)
-    return stats
+_LOADED: dict[tuple[str, str], ReferenceStats] = {}
 
 
-_IN_PROCESS: dict[tuple[str, int, bool], ReferenceStats] = {}
-
-
-def reference_in_process(images: torch.Tensor, extractor: Extractor, data_hash: str, batch_size: int = 256,
-                         cuda: bool = False) -> ReferenceStats:
-    """The reference statistics of `images` (the split with content hash `data_hash`), extracted once per process
-    and kept in memory: a training stage scores against the train split many times (its FID curve), and each
-    extraction reads every image."""
-    key = reference_key(data_hash, extractor)
-    memo = (key, batch_size, cuda)
-    if memo not in _IN_PROCESS:
-        _IN_PROCESS.clear()  # one reference at a time: its features are N x D
-        _IN_PROCESS[memo] = compute_reference(images, extractor, key, batch_size, cuda)
-    return _IN_PROCESS[memo]
+def stored_reference(path: Path, key: str, producer: str) -> ReferenceStats:
+    """`load_reference(path, key)`, once per process: a training stage scores against the train split many times
+    (its FID curve), and the file holds the split's features (98,000 x D floats for a 100,000-image folder)."""
+    memo = (str(Path(path).resolve()), key)
+    if memo not in _LOADED:
+        _LOADED.clear()  # one reference at a time
+        _LOADED[memo] = load_reference(path, key, producer)
+    return _LOADED[memo]
 
 
 def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor: Extractor, kid_subset_size: int,
@@ -178,6 +179,8 @@ _RADII: dict[str, object] = {}
 def reference_radii(ref: ReferenceStats, k: int) -> torch.Tensor:
     """`knn_radii` of the reference features, computed once per process for the reference last asked about: they
     cost N² distances (98,000 train images: 10^10), and every score against the same reference reuses them."""
+    if ref.radii is not None and ref.radii_k == k:  # stored with the features
+        return ref.radii
     if _RADII.get("features") is not ref.features or _RADII.get("k") != k:
         real = ref.features.float()
         _RADII.update(features=ref.features, k=k, radii=knn_radii(real, k, prc_batch_size(len(real))))

@@ -4,7 +4,9 @@ The file is keyed by content, never by name: its header holds sha256(data hash, 
 extractor weights sha256, feature layer). `evaluate` refuses statistics whose key does not match
 the data and extractor it is scoring with, so changed data can never be scored against stale
 statistics. The extractor is genlab's evaluator (offline tier) unless
-`evaluate.feature_extractor_weights_path` names an Inception-v3 weights file (standard tier).
+`evaluate.feature_extractor_weights_path` names an Inception-v3 weights file (standard tier). In the offline
+tier the features are those `train_evaluator` extracted once next to the evaluator (every training stage's
+FID reads them too); in the standard tier they are extracted here, with their precision/recall radii.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from genlab.metrics import fid
 from genlab.metrics.reference import compute_reference, reference_key, save_reference
 from genlab.paths import atomic_write
 from genlab.stages.common import Context, load_data, stage_run, write_metrics
+from genlab.stages.train_fid import train_reference
 
 STAGE = "reference_stats"
 
@@ -37,8 +40,11 @@ def run(cfg: EvaluateConfig, ctx: Context) -> dict:
     extractor = extractor_for(cfg, ctx)
     key = reference_key(data.hash, extractor)
     with stage_run(ctx, STAGE, cfg, data.hash) as mlrun:
-        stats = compute_reference(data.train.images, extractor, key, batch_size=cfg.batch_size,
-                                  cuda=ctx.device.type == "cuda")
+        if extractor.tier == "offline":  # the evaluator's features of the train split, written by its stage
+            stats = train_reference(ctx, data)[1]
+        else:
+            stats = compute_reference(data.train.images, extractor, key, batch_size=cfg.batch_size,
+                                      cuda=ctx.device.type == "cuda", radii_k=cfg.pr_neighbourhood)
         save_reference(stats, reference_path(ctx))
         info = {"key": key, "tier": extractor.tier, "extractor": extractor.label, "note": extractor.note,
                 "reference_split": "train", "n": stats.n, "data_hash": data.hash, "dims": int(stats.mu.shape[0])}

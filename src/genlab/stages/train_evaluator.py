@@ -13,6 +13,7 @@ from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rot
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
 from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
+from genlab.stages.train_fid import write_train_reference
 from genlab.training import Losses, Trainable, optimizer_step, train
 
 STAGE = "train_evaluator"
@@ -77,5 +78,6 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
             snapshot_cfg = {"network": network, "image_size": s, "attribute_names": names,
                             "task": metrics["task"]}
             history = save_training(out, STAGE, cfg, trainable, model, snapshot_cfg, fp)
+            write_train_reference(out, ctx, data)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)
     return metrics

@@ -154,7 +154,7 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
 
 def scored(images: torch.Tensor, data: Data, ctx: Context) -> dict[str, float]:
     """FID and friends against the train split, with the evaluate stage's protocol."""
-    m = train_scores(ctx, data, images, kid_subset_size=100, pr_neighbourhood=3)
+    m = train_scores(ctx, data, images, kid_subset_size=100)
     return {"fid": m["fid"], "precision": m["precision"], "recall": m["recall"]}
 
 
