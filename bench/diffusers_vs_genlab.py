@@ -57,16 +57,14 @@ from torch.nn import functional as F
 from genlab.checkpoint import save_snapshot
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import splits
-from genlab.diffusion.loss import diffusion_loss, drop_labels
-from genlab.diffusion.schedules import alpha_bar
+from genlab.diffusion.loss import drop_labels
+from genlab.distributed import World
 from genlab.metrics import fid
-from genlab.models.ema import ema_copy, ema_decay, ema_update
-from genlab.models.unet import UNet
 from genlab.models.vae import reparameterize
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
 from genlab.sampling import DiffusionSampler, generate, image_seeds, load_vae, seeded_normal
-from genlab.stages.diffusion_training import Conditioner, unet_network
+from genlab.stages.diffusion_training import build_step
 from genlab.stages.train_vae import encode
 
 ARMS = ("genlab-latent", "genlab-pixel", "diffusers-pixel")
@@ -173,29 +171,17 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
             return train.images[idx]
         shape = list(train.images.shape[1:])
 
-    torch.manual_seed(bench.params.seed)
-    network = unet_network(cfg, shape[0], bench.num_classes, shape[-1])
-    unet = UNet(**network).to(device)
-    ema = ema_copy(unet)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    ab = alpha_bar(cfg.timesteps, cfg.schedule)
-    cond = Conditioner(cfg, bench.num_classes, device)
+    stage = "train_ldm" if space == "latent" else "train_pixel"
+    # the stage's own builder: the same initialisation, optimizer, lr schedule, conditioning, loss, clipping and EMA
+    run = build_step(stage, cfg, bench.params.seed, device, World(), shape, bench.num_classes, "digits", [],
+                     x0_batch, train.labels)
+    network, unet, ema = run.network, run.unet, run.ema
     batch = min(cfg.batch_size, len(train))
-    images_seen = 0
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
-        nonlocal images_seen
-        unet.train()
-        x0 = x0_batch(idx, g).to(device)
-        model = cond.model(unet, train.labels[idx], g, cfg.p_uncond)
-        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, unet, ema_decay(images_seen, batch, cfg.ema_halflife_images))  # as `train` counts them
-        images_seen += batch
-        return loss.item()
+        loss = run.step(idx, g)["loss"]
+        run.trainable.step += 1  # what `training.train` does after each step
+        return float(loss)
 
     budget = train_for(f"genlab-{space}", step, bench, batch)
     snapshot_cfg = {"network": network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,

@@ -316,3 +316,27 @@ def test_standard_tier_equals_calculate_metrics(evaluators: tuple[Path, Path], i
     ours = score_against(gen, stats, ex, KID, PR, batch_size=20)
     _assert_same(ours, theirs)
     assert theirs["fid"] > 1.0  # well above the eigen-solver's noise (~1e-5)
+
+
+def test_copying_z_is_the_standardised_mann_whitney_u() -> None:
+    from scipy.stats import mannwhitneyu
+
+    g = torch.Generator().manual_seed(3)
+    gen, test = torch.rand(70, generator=g), torch.rand(50, generator=g)
+    gen[:5] = test[:5]  # ties count one half
+    u = mannwhitneyu(gen.numpy(), test.numpy()).statistic  # pairs gen > test, plus half the ties
+    assert refstats.copying_z(gen, test) == pytest.approx((u - 70 * 50 / 2) / (70 * 50 * 121 / 12) ** 0.5, rel=1e-12)
+
+
+def test_copying_z_flags_copies_and_not_fresh_samples() -> None:
+    """Feature-space three-sample test: copies of training points sit much closer to the train split than held-out
+    points do (Z_U << -3); fresh draws from the same distribution do not; an over-dispersed model sits farther."""
+    g = torch.Generator().manual_seed(4)
+    train, test = torch.randn(600, 8, generator=g), torch.randn(200, 8, generator=g)
+    held_out = refstats.nearest_distances(test, train)
+    assert torch.allclose(held_out, torch.cdist(test, train).min(dim=1).values, atol=1e-5)
+    copies = train[:200] + 0.01 * torch.randn(200, 8, generator=g)
+    fresh, wide = torch.randn(200, 8, generator=g), 1.6 * torch.randn(200, 8, generator=g)
+    z = {k: refstats.copying_z(refstats.nearest_distances(x, train), held_out)
+         for k, x in (("copies", copies), ("fresh", fresh), ("wide", wide))}
+    assert z["copies"] < -10 and abs(z["fresh"]) < 3 and z["wide"] > 3, z

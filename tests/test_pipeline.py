@@ -76,8 +76,12 @@ def test_evaluate_metrics_are_sane(repro: tuple[Path, dict[str, str], str]) -> N
         assert np.isfinite(m[fam]["fid"]) and m[fam]["fid"] > floor  # tiny models cannot beat held-out data
         assert m[fam]["fid_ratio"] == pytest.approx(m[fam]["fid"] / floor)
         assert 0 <= m[fam]["precision"] <= 1 and 0 <= m[fam]["recall"] <= 1
+        # data copying: tiny models' samples sit farther from the train split than held-out images (Z_U > 0)
+        assert m[fam]["copy_z"] > 0 and m[fam]["nn_ratio"] > 1, (fam, m[fam]["copy_z"], m[fam]["nn_ratio"])
+    assert "copy_z" not in m["floor"]
     assert 0 <= m["ldm"]["class_accuracy"] <= 1 and "class_accuracy" not in m["vae"]
     table = pd.read_csv(root / "reports" / "comparison.csv")
+    assert table["copy_z"].notna().sum() == len(FAMILIES)
     assert list(table["family"]) == ["data floor (test vs train)", *FAMILIES, "ldm_prompts (held-out phrasings)"]
     # the class+text LDM prompted with held-out phrasings at the default scale: the sweep's row at w = 2
     sweep = {r["guidance_scale"]: r for r in json.loads((root / "metrics" / "guidance_sweep.json").read_text())["rows"]}

@@ -8,8 +8,9 @@ import pandas as pd
 
 from genlab.paths import atomic_write
 
-COLUMNS = ["family", "fid", "fid_ratio", "kid_mean", "kid_std", "precision", "recall", "class_accuracy", "n",
-           "images_seen", "train_seconds"]
+# copy_z: the data-copying statistic (Meehan et al. 2020; < -3: samples closer to training images than new data is)
+COLUMNS = ["family", "fid", "fid_ratio", "kid_mean", "kid_std", "precision", "recall", "copy_z", "nn_ratio",
+           "class_accuracy", "n", "images_seen", "train_seconds"]
 
 
 def comparison_table(results: dict[str, dict]) -> pd.DataFrame:

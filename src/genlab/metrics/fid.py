@@ -169,6 +169,9 @@ def prc_batch_size(*counts: int) -> int:
     return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
 
 
+PROGRESS_FROM = 10_000  # images: from here feature extraction shows torch-fidelity's progress bar (minutes on CPU)
+
+
 def feature_batch(batch_size: int, side: int) -> int:
     """Images per feature-extraction batch: `batch_size`, at most `inference_batch(side)` (256 stays 256 up to
     22 px; 32 at 64 px, where 256 images took a stage 0.7 GB past its training peak)."""
@@ -215,7 +218,7 @@ def extract_features(images: torch.Tensor, extractor: Extractor, batch_size: int
     fe = _feature_extractor(extractor, cuda)
     batch_size = feature_batch(batch_size, images.shape[-1])
     out = extract_featuresdict_from_input_id(1, fe, input1=ImageSet(images), batch_size=batch_size, cuda=cuda,
-                                             save_cpu_ram=True, verbose=False)
+                                             save_cpu_ram=True, verbose=len(images) >= PROGRESS_FROM)
     return out[extractor.feature_layer]
 
 

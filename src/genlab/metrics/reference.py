@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,8 +150,11 @@ def stored_reference(path: Path, key: str, producer: str) -> ReferenceStats:
 
 
 def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor: Extractor, kid_subset_size: int,
-                  pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False) -> dict[str, float]:
-    """FID, KID (mean, std) and precision/recall of `generated_images` against cached reference features."""
+                  pr_neighbourhood: int, batch_size: int = 256, cuda: bool = False,
+                  held_out_nn: torch.Tensor | None = None) -> dict[str, float]:
+    """FID, KID (mean, std) and precision/recall of `generated_images` against cached reference features; with
+    `held_out_nn` (held-out images' distances to their nearest reference feature, `nearest_distances`), also the
+    data-copying statistic `copy_z` and the ratio of median nearest-neighbour distances `nn_ratio`."""
     same = (ref.extractor.tier, ref.extractor.sha256, ref.extractor.feature_layer)
     if same != (extractor.tier, extractor.sha256, extractor.feature_layer):
         raise GenlabError(f"reference statistics were computed with {ref.extractor.label} "
@@ -164,7 +168,36 @@ def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor
     m = {**fid_statistics_to_metric(gen_stats, ref_stats, verbose=False),
          **kid_features_to_metric(gen, real, kid_subset_size=subset, verbose=False),
          "precision": precision, "recall": recall}
-    return relabel(m)
+    out = relabel(m)
+    if held_out_nn is not None:
+        gen_nn = nearest_distances(gen, real.float())
+        out["copy_z"] = copying_z(gen_nn, held_out_nn)
+        out["nn_ratio"] = float(gen_nn.median() / held_out_nn.median())
+    return out
+
+
+def nearest_distances(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each row of `x`'s Euclidean distance to its nearest row of `reference` (blocks of `prc_batch_size` rows)."""
+    batch = prc_batch_size(len(x), len(reference))
+    return torch.cat([calc_cdist_part(b, reference, batch).min(dim=1).values for b in x.split(batch)])
+
+
+def copying_z(gen_nn: torch.Tensor, held_out_nn: torch.Tensor) -> float:
+    """The data-copying statistic Z_U of Meehan et al. 2020 (the three-sample test, with one cell): the
+    Mann-Whitney U of the generated samples' distances to their nearest training image (m of them) against the
+    held-out images' (n), standardised:
+
+        U = #{(i, j): d_gen_i > d_test_j} + 1/2 #{(i, j): d_gen_i = d_test_j},   Z_U = (U - mn/2) / sqrt(mn(m+n+1)/12)
+
+    Z_U well below 0 (Meehan et al. flag < -3): the samples sit closer to training images than fresh images do, the
+    mark of copying; above 0, farther (under-fitting); about 0, as close as new data."""
+    ranked = held_out_nn.double().sort().values
+    d = gen_nn.double()
+    below = torch.searchsorted(ranked, d, right=False).double()
+    ties = torch.searchsorted(ranked, d, right=True).double() - below
+    m, n = len(d), len(ranked)
+    u = float((below + 0.5 * ties).sum())
+    return (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
 
 
 def knn_radii(features: torch.Tensor, k: int, batch: int) -> torch.Tensor:

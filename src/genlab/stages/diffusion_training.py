@@ -12,6 +12,8 @@ measured on the test split.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -24,6 +26,7 @@ from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
 from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
 from genlab.diffusion.schedules import alpha_bar
+from genlab.distributed import World
 from genlab.latent_cache import posterior_cache
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
@@ -106,6 +109,60 @@ class Conditioner:
                                      drop=text_null)
 
 
+X0Batch = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (train rows, generator) -> clean inputs x_0
+
+
+@dataclass
+class DiffusionStep:
+    """What a diffusion training run steps: the U-Net, its EMA copy, the optimizer (in `trainable`), the
+    conditioner, the schedule ᾱ and `step(idx, g)`, one optimizer step on the global batch `idx`."""
+
+    network: dict
+    unet: UNet
+    ema: UNet
+    trainable: Trainable
+    cond: Conditioner
+    ab: torch.Tensor
+    step: Callable[[torch.Tensor, torch.Generator], Losses]
+
+
+def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device, world: World, shape: list[int],
+               num_classes: int, source: str, names: list[str],
+               x0_batch: X0Batch, labels: torch.Tensor) -> DiffusionStep:
+    """The one builder of a diffusion training step, used by `train_ldm`/`train_pixel` (in one process or under
+    DDP) and by bench/diffusers_vs_genlab.py: the U-Net for `shape` inputs initialised from (seed, stage), AdamW,
+    the learning-rate schedule, condition dropout, `diffusion_loss`, gradient clipping and the EMA with a half-life
+    in images. `x0_batch(idx, g)` gives the clean inputs of the train rows `idx`; `labels` all train labels. The
+    step reads its position from `trainable.step` (the caller advances it, as `training.train` does)."""
+    network = unet_network(cfg, shape[0], num_classes, shape[-1])
+    with seeded(seed, stage, "init"):
+        unet = UNet(**network).to(device)
+    ema = ema_copy(unet)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
+    ab = alpha_bar(cfg.timesteps, cfg.schedule)
+    cond = Conditioner(cfg, num_classes, device, source, names)
+    total_steps = max(1, cfg.train_images // cfg.batch_size)
+    net = world.wrap(unet)
+
+    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
+        unet.train()
+        for group in opt.param_groups:
+            group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, trainable.step, total_steps)
+        # every draw is the global batch's; this rank computes on `rows` of it
+        rows = world.rows(len(idx))
+        x0 = x0_batch(idx, g).to(device)
+        model = cond.model(net, labels[idx], g, cfg.p_uncond, rows)
+        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
+                              rows=rows)
+        optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0, check=trainable.check)
+        images = trainable.step * cfg.batch_size
+        ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
+        return {"loss": loss.detach()}
+
+    return DiffusionStep(network, unet, ema, trainable, cond, ab, step)
+
+
 def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, space: str) -> dict:
     data: Data = load_data(ctx)
     inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
@@ -143,36 +200,11 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
         def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             return data.train.images[idx]
         shape = list(data.train.images.shape[1:])
-    network = unet_network(cfg, shape[0], num_classes, shape[-1])
-    with seeded(ctx.seed, stage, "init"):
-        unet = UNet(**network).to(ctx.device)
-    ema = ema_copy(unet)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
-    trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
-    ab = alpha_bar(cfg.timesteps, cfg.schedule)
     source = data.manifest["source"]
     names = sources.class_names(data.manifest)
-    cond = Conditioner(cfg, num_classes, ctx.device, source, names)
-    y_all = data.train.labels
-
-    total_steps = max(1, cfg.train_images // cfg.batch_size)
-
-    net = ctx.world.wrap(unet)
-
-    def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
-        unet.train()
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg.lr, cfg.lr_schedule, trainable.step, total_steps)
-        # every draw is the global batch's; this rank computes on `rows` of it
-        rows = ctx.world.rows(len(idx))
-        x0 = x0_batch(idx, g).to(ctx.device)
-        model = cond.model(net, y_all[idx], g, cfg.p_uncond, rows)
-        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
-                              rows=rows)
-        optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0, check=trainable.check)
-        images = trainable.step * cfg.batch_size
-        ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
-        return {"loss": loss.detach()}
+    run = build_step(stage, cfg, ctx.seed, ctx.device, ctx.world, shape, num_classes, source, names, x0_batch,
+                     data.train.labels)
+    network, unet, ema, trainable, cond, ab = run.network, run.unet, run.ema, run.trainable, run.cond, run.ab
 
     @torch.no_grad()
     def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
@@ -189,7 +221,7 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
     ckpt = ctx.paths.checkpoint(stage)
     with stage_run(ctx, stage, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)
-        train(stage, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ckpt, fingerprint=fp,
+        train(stage, cfg, trainable, run.step, seed=ctx.seed, n_train=len(data.train), ckpt=ckpt, fingerprint=fp,
               on_log=logger(mlrun, cheap), run_id=mlrun.run_id, world=ctx.world)
         if not ctx.world.main:
             return {}

@@ -24,7 +24,7 @@ from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfi
 from genlab.data import shapes, sources
 from genlab.errors import GenlabError
 from genlab.metrics import fid
-from genlab.metrics.reference import ReferenceStats, load_reference, reference_key, score_against
+from genlab.metrics.reference import ReferenceStats, load_reference, nearest_distances, reference_key, score_against
 from genlab.paths import read_json
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
@@ -44,13 +44,16 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
               "batch_size": cfg.batch_size, "cuda": cuda}
     floor = score_against(data.test.images, ref, extractor, **common)
+    # how close fresh images come to the train split: what copying is measured against
+    held_out_nn = nearest_distances(fid.extract_features(data.test.images, extractor, cfg.batch_size, cuda),
+                                    ref.features.float())
     if data.manifest["num_classes"]:  # unlabelled data: no class accuracy (absent, not zero)
         floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}
     for family in FAMILIES:
         s = samples[family]
         log.info("scoring %s (%d samples)", family, len(s["images"]))
-        m = score_against(s["images"], ref, extractor, **common)
+        m = score_against(s["images"], ref, extractor, **common, held_out_nn=held_out_nn)
         m["fid_ratio"] = m["fid"] / floor["fid"] if floor["fid"] > 0 else float("nan")
         m["n"] = len(s["images"])
         training = training_summary(ctx, f"train_{family}")
