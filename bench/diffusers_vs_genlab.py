@@ -174,7 +174,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     stage = "train_ldm" if space == "latent" else "train_pixel"
     # the stage's own builder: the same initialisation, optimizer, lr schedule, conditioning, loss, clipping and EMA
     run = build_step(stage, cfg, bench.params.seed, device, World(), shape, bench.num_classes, "digits", [],
-                     x0_batch, train.labels)
+                     x0_batch, train.labels, bench.params.compute)
     network, unet, ema = run.network, run.unet, run.ema
     batch = min(cfg.batch_size, len(train))
 

@@ -42,6 +42,7 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
     if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return launch(stage, params_path, params.dist.nproc_per_node)
+    from genlab.compute import configure
     from genlab.device import resolve
     from genlab.distributed import join, leave
     from genlab.randomness import deterministic, seed_process
@@ -51,9 +52,11 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     try:
         if world.size > 1:
             check_world_size(params, world.size)
-        ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=device, world=world)
+        ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=device, world=world,
+                      compute=params.compute)
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed
         deterministic(ctx.device)
+        configure(ctx.device, params.compute)
         module = importlib.import_module(f"genlab.stages.{stage}")
         extra = (family,) if stage == "sample" else ()  # one family per sample stage
         return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx, *extra)

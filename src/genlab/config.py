@@ -180,6 +180,17 @@ class DistConfig(Section):
     nproc_per_node: int = Field(1, ge=1, le=1024)
 
 
+class ComputeConfig(Section):
+    # how the training stages use the device (src/genlab/compute.py): fp32 | tf32 (CUDA matmuls/convolutions in
+    # TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay float32)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    compile: bool = False  # torch.compile the training networks (pays after its compile time, on long runs)
+
+    def fingerprint_extra(self) -> tuple[str, ...]:
+        """What a resumable checkpoint must match besides the stage's own section: nothing at the defaults."""
+        return () if self == ComputeConfig() else (self.model_dump_json(),)
+
+
 TRAINING_SECTIONS = ("evaluator", "vae", "ldm", "pixel", "gan")
 FAMILIES = ("vae", "ldm", "pixel", "gan")  # the generative model families, in the order reports list them
 
@@ -188,6 +199,7 @@ class Params(Section):
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when present, else CPU
     dist: DistConfig = DistConfig()
+    compute: ComputeConfig = ComputeConfig()
     data: DataConfig = DataConfig()
     evaluator: EvaluatorConfig = EvaluatorConfig()
     vae: VAEConfig = VAEConfig()

@@ -14,10 +14,12 @@ from typing import Any
 import pandas as pd
 import torch
 from pydantic import BaseModel
+from torch import nn
 
 from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
-from genlab.config import flatten, to_json
+from genlab.compute import compiled
+from genlab.config import ComputeConfig, flatten, to_json
 from genlab.data import splits
 from genlab.distributed import World
 from genlab.images import save_curves
@@ -33,6 +35,15 @@ class Context:
     seed: int
     device: torch.device
     world: World = field(default_factory=World)  # under torchrun: this process's rank of the run
+    compute: ComputeConfig = field(default_factory=ComputeConfig)  # precision, fused optimizers, compile
+
+    def fingerprint(self, stage: str, cfg: BaseModel, data_hash: str, *extra: str) -> str:
+        """`fingerprint` of a training run in this context (the compute settings count when not the defaults)."""
+        return fingerprint(stage, cfg, self.seed, data_hash, *extra, *self.compute.fingerprint_extra())
+
+    def train_net(self, module: nn.Module) -> nn.Module:
+        """The module a training step calls: DDP over it under torchrun, compiled with `compute.compile`."""
+        return compiled(self.world.wrap(module), self.compute)
 
 
 @dataclass(frozen=True)
@@ -78,7 +89,8 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
         return contextlib.nullcontext(RankRun())
     source = dataset_source(ctx.paths.prepared / "manifest.json")
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
-                                                      "world_size": ctx.world.size, **flatten(cfg, "cfg.")},
+                                                      "world_size": ctx.world.size, **flatten(ctx.compute, "compute."),
+                                                      **flatten(cfg, "cfg.")},
                               {"genlab.data_hash": data_hash}, resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from genlab import inputs
-from genlab.config import DiffusionConfig, unet_levels
+from genlab.compute import adam, autocast, compiled
+from genlab.config import ComputeConfig, DiffusionConfig, unet_levels
 from genlab.data import sources
 from genlab.data.store import Rows
 from genlab.device import inference_batch
@@ -37,7 +38,6 @@ from genlab.sampling import seeded_normal
 from genlab.stages.common import (
     Context,
     Data,
-    fingerprint,
     finish_training,
     load_data,
     logger,
@@ -127,23 +127,24 @@ class DiffusionStep:
 
 
 def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device, world: World, shape: list[int],
-               num_classes: int, source: str, names: list[str],
-               x0_batch: X0Batch, labels: torch.Tensor) -> DiffusionStep:
+               num_classes: int, source: str, names: list[str], x0_batch: X0Batch, labels: torch.Tensor,
+               compute: ComputeConfig = ComputeConfig()) -> DiffusionStep:  # noqa: B008 (frozen settings)
     """The one builder of a diffusion training step, used by `train_ldm`/`train_pixel` (in one process or under
     DDP) and by bench/diffusers_vs_genlab.py: the U-Net for `shape` inputs initialised from (seed, stage), AdamW,
     the learning-rate schedule, condition dropout, `diffusion_loss`, gradient clipping and the EMA with a half-life
-    in images. `x0_batch(idx, g)` gives the clean inputs of the train rows `idx`; `labels` all train labels. The
-    step reads its position from `trainable.step` (the caller advances it, as `training.train` does)."""
+    in images, with the `compute` settings. `x0_batch(idx, g)` gives the clean inputs of the train rows `idx`;
+    `labels` all train labels. The step reads its position from `trainable.step` (the caller advances it, as
+    `training.train` does)."""
     network = unet_network(cfg, shape[0], num_classes, shape[-1])
     with seeded(seed, stage, "init"):
         unet = UNet(**network).to(device)
     ema = ema_copy(unet)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = adam(unet.parameters(), device, decoupled=True, lr=cfg.lr, weight_decay=0.0)
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
     cond = Conditioner(cfg, num_classes, device, source, names)
     total_steps = max(1, cfg.train_images // cfg.batch_size)
-    net = world.wrap(unet)
+    net = compiled(world.wrap(unet), compute)
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         unet.train()
@@ -153,8 +154,9 @@ def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device
         rows = world.rows(len(idx))
         x0 = x0_batch(idx, g).to(device)
         model = cond.model(net, labels[idx], g, cfg.p_uncond, rows)
-        loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
-                              rows=rows)
+        with autocast(device, compute):
+            loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
+                                  rows=rows)
         optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0, check=trainable.check)
         images = trainable.step * cfg.batch_size
         ema_update(ema, unet, ema_decay(images, cfg.batch_size, cfg.ema_halflife_images))
@@ -203,7 +205,7 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
     source = data.manifest["source"]
     names = sources.class_names(data.manifest)
     run = build_step(stage, cfg, ctx.seed, ctx.device, ctx.world, shape, num_classes, source, names, x0_batch,
-                     data.train.labels)
+                     data.train.labels, ctx.compute)
     network, unet, ema, trainable, cond, ab = run.network, run.unet, run.ema, run.trainable, run.cond, run.ab
 
     @torch.no_grad()
@@ -217,7 +219,7 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
         x = x / extra["latent_scale"]
         return (vae.decode(x) if space == "latent" else x).clamp(-1, 1).cpu()
 
-    fp = fingerprint(stage, cfg, ctx.seed, data.hash, vae_hash)
+    fp = ctx.fingerprint(stage, cfg, data.hash, vae_hash)
     ckpt = ctx.paths.checkpoint(stage)
     with stage_run(ctx, stage, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import torch
 
+from genlab.compute import adam, autocast
 from genlab.config import EvaluatorConfig
 from genlab.data.splits import ROTATIONS, evaluator_task
 from genlab.device import inference_batch
 from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
-from genlab.stages.common import Context, fingerprint, finish_training, load_data, logger, save_training, stage_run
+from genlab.stages.common import Context, finish_training, load_data, logger, save_training, stage_run
 from genlab.stages.train_fid import write_train_reference
 from genlab.training import Losses, Trainable, optimizer_step, train
 
@@ -43,9 +44,9 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     network = {"in_channels": c, "num_classes": heads, "width": cfg.width}
     with seeded(ctx.seed, STAGE, "init"):
         model = Evaluator(**network).to(ctx.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = adam(model.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
-    net = ctx.world.wrap(model)
+    net = ctx.train_net(model)
     x_all, y_all = data.train.images, data.train.attributes
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
@@ -57,11 +58,12 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
         else:
             y = y_all[idx]
         rows = ctx.world.rows(len(idx))
-        loss = attribute_loss(model, net(x[rows].to(ctx.device)), y[rows].to(ctx.device))
+        with autocast(ctx.device, ctx.compute):
+            loss = attribute_loss(model, net(x[rows].to(ctx.device)), y[rows].to(ctx.device))
         optimizer_step(model, opt, loss, loss_name="loss", module_name="evaluator", check=trainable.check)
         return {"loss": loss.detach()}
 
-    fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
+    fp = ctx.fingerprint(STAGE, cfg, data.hash)
     ckpt = ctx.paths.checkpoint(STAGE)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         train(STAGE, cfg, trainable, step, seed=ctx.seed, n_train=len(data.train),

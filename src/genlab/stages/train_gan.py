@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from genlab import inputs
+from genlab.compute import adam, autocast
 from genlab.config import GANConfig
 from genlab.distributed import no_sync
 from genlab.models.ema import ema_copy, ema_decay, ema_update
@@ -14,7 +15,6 @@ from genlab.randomness import seeded
 from genlab.sampling import seeded_normal
 from genlab.stages.common import (
     Context,
-    fingerprint,
     finish_training,
     load_data,
     logger,
@@ -37,12 +37,13 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         G = Generator(**g_net).to(ctx.device)
         D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=s, channels=c).to(ctx.device)
     G_ema = ema_copy(G)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
+    opt_g = adam(G.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
+    opt_d = adam(D.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     trainable = Trainable({"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d})
     x_all, y_all = data.train.images, data.train.labels
 
-    G_net, D_net = ctx.world.wrap(G), ctx.world.wrap(D)
+    # torch.compile does not take the double backward of R1: only the generator is compiled
+    G_net, D_net = ctx.train_net(G), ctx.world.wrap(D)
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         G.train()
@@ -53,16 +54,17 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         rows = ctx.world.rows(len(idx))
         x, y = x_all[idx[rows]].to(ctx.device), y_all[idx[rows]].to(ctx.device)
         z, y_fake = z[rows].to(ctx.device), y_fake[rows].to(ctx.device)
-        fake = G_net(z, y_fake)
-        x.requires_grad_(cfg.r1_gamma > 0)
-        real_scores, fake_scores = D_net(x, y), D_net(fake.detach(), y_fake)
-        loss_d = d_hinge_loss(real_scores, fake_scores)
-        r1 = r1_penalty(real_scores, x) if cfg.r1_gamma > 0 else torch.zeros((), device=ctx.device)
-        loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
+        with autocast(ctx.device, ctx.compute):
+            fake = G_net(z, y_fake)
+            x.requires_grad_(cfg.r1_gamma > 0)
+            real_scores, fake_scores = D_net(x, y), D_net(fake.detach(), y_fake)
+            loss_d = d_hinge_loss(real_scores, fake_scores)
+            r1 = r1_penalty(real_scores, x) if cfg.r1_gamma > 0 else torch.zeros((), device=ctx.device)
+            loss_d = loss_d + 0.5 * cfg.r1_gamma * r1
         optimizer_step(D, opt_d, loss_d, loss_name="loss_d", module_name="D", check=trainable.check)
-        with no_sync(D_net):  # D's gradients of the generator's loss are never applied: not averaged either
+        with no_sync(D_net), autocast(ctx.device, ctx.compute):  # D's gradients of G's loss: never applied
             g_scores = D_net(fake, y_fake)
-        loss_g = g_hinge_loss(g_scores)
+            loss_g = g_hinge_loss(g_scores)
         optimizer_step(G, opt_g, loss_g, loss_name="loss_g", module_name="G", check=trainable.check)
         ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_scores.detach().mean(),
@@ -73,7 +75,7 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         G_ema.eval()
         return G_ema(seeded_normal(seeds, (cfg.z_dim,), "z").to(ctx.device), labels.to(ctx.device)).cpu()
 
-    fp = fingerprint(STAGE, cfg, ctx.seed, data.hash)
+    fp = ctx.fingerprint(STAGE, cfg, data.hash)
     ckpt = ctx.paths.checkpoint(STAGE)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=((ckpt, fp),)) as mlrun:
         cheap = CheapFID(ctx, data, cfg, cfg.fid_every_images, cfg.fid_samples, cheap_sample)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -19,6 +21,7 @@ from torch.nn import functional as F
 
 from genlab import inputs
 from genlab import latent_tools as lt
+from genlab.compute import adam, autocast
 from genlab.config import VAEConfig, latent_side
 from genlab.device import inference_batch
 from genlab.distributed import World, no_sync
@@ -31,7 +34,6 @@ from genlab.randomness import generator, seeded
 from genlab.stages.common import (
     Context,
     Data,
-    fingerprint,
     finish_training,
     load_data,
     save_training,
@@ -96,12 +98,14 @@ def mean_std(vae: VAE, data: Data, device: torch.device) -> float:
 def vae_step(vae: VAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, idx: torch.Tensor,
              eps: torch.Tensor | None, beta: float, sigma: float, micro: int, device: torch.device,
              name: str = "vae", *, net: torch.nn.Module | None = None, world: World = World(),  # noqa: B008
-             check: FiniteCheck | None = None) -> Losses:
+             check: FiniteCheck | None = None, amp: Callable[[], AbstractContextManager] = contextlib.nullcontext,
+             ) -> Losses:
     """One optimizer step on the batch mean of `vae_loss` (eps None: a plain autoencoder, z = mean), its gradient
     accumulated over micro-batches of `micro` rows: d/dθ mean_B(ℓ) = Σ_parts (|part| / B) d/dθ mean_part(ℓ), exact
     as the VAE has no batch statistics, while activation memory follows `micro`, not the batch. `idx` and `eps`
     are the global batch's; this rank computes on its rows of them through `net` (its DDP wrapper, which
-    averages the rank means into the global mean: gradients stay local until the last micro-batch)."""
+    averages the rank means into the global mean: gradients stay local until the last micro-batch). `amp()`: the
+    context of the forward pass and loss (compute.autocast)."""
     net = net or vae
     vae.train()
     opt.zero_grad(set_to_none=True)
@@ -111,8 +115,9 @@ def vae_step(vae: VAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, idx: tor
     for i, rows in enumerate(parts):
         x = x_all[idx[rows]].to(device)
         with no_sync(net) if i < len(parts) - 1 else contextlib.nullcontext():
-            x_hat, mean, logvar = net(x, None if eps is None else eps[rows].to(device))
-            losses = torch.stack(vae_loss(x, x_hat, mean, logvar, beta, sigma)) * (len(rows) / len(mine))
+            with amp():
+                x_hat, mean, logvar = net(x, None if eps is None else eps[rows].to(device))
+                losses = torch.stack(vae_loss(x, x_hat, mean, logvar, beta, sigma)) * (len(rows) / len(mine))
             losses[0].backward()
         totals += losses.detach()
     apply_gradients(vae, opt, totals[0], loss_name="loss", module_name=name, check=check)
@@ -124,9 +129,9 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
     key = f"{STAGE}.ae" if plain else STAGE
     with seeded(ctx.seed, key, "init"):
         vae = VAE(**network).to(ctx.device)
-    opt = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    opt = adam(vae.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
-    net = ctx.world.wrap(vae)
+    net = ctx.train_net(vae)
     x_all = data.train.images
     train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
 
@@ -141,12 +146,13 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
         # drawn for the whole batch, whatever the split (the plain AE draws nothing)
         eps = None if plain else torch.randn((len(idx), *latent), generator=g)
         out = vae_step(vae, opt, x_all, idx, eps, beta, cfg.recon_sigma, micro, ctx.device,
-                       "ae" if plain else "vae", net=net, world=ctx.world, check=trainable.check)
+                       "ae" if plain else "vae", net=net, world=ctx.world, check=trainable.check,
+                       amp=lambda: autocast(ctx.device, ctx.compute))
         return {**out, "beta": beta}
 
     prefix = "ae_" if plain else ""
     train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
-          fingerprint=fingerprint(key, cfg, ctx.seed, data.hash),
+          fingerprint=ctx.fingerprint(key, cfg, data.hash),
           on_log=lambda m, s: mlrun.log_metrics({prefix + k: v for k, v in m.items()}, s) or {}, run_id=mlrun.run_id,
           world=ctx.world)
     return trainable
@@ -198,7 +204,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
                "downsample": (s // latent_side(s, cfg.downsample)).bit_length() - 1}
     n_eval = len(data.test)
     keys = (STAGE, f"{STAGE}.ae")
-    resume = tuple((ctx.paths.checkpoint(k), fingerprint(k, cfg, ctx.seed, data.hash)) for k in keys)
+    resume = tuple((ctx.paths.checkpoint(k), ctx.fingerprint(k, cfg, data.hash)) for k in keys)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=resume) as mlrun:
         trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
         ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"] if cfg.ae_baseline else None
@@ -222,8 +228,8 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
         snapshot_cfg = {"network": network, "latent_shape": latent_shape, "latent_scale": scale, "image_size": s}
         out_dir = ctx.paths.model("vae")
         with staged_dir(out_dir) as out:
-            history = save_training(out, STAGE, cfg, trainable, vae, snapshot_cfg, fingerprint(STAGE, cfg, ctx.seed,
-                                                                                                 data.hash))
+            history = save_training(out, STAGE, cfg, trainable, vae, snapshot_cfg,
+                                    ctx.fingerprint(STAGE, cfg, data.hash))
             atomic_write(out / "latent_scale.json", json.dumps({"latent_scale": scale,
                                                                "latent_shape": latent_shape}) + "\n")
             pairs = torch.stack([data.test.images[:50], test_rec[:50]], 1).flatten(0, 1)

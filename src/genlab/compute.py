@@ -1,0 +1,50 @@
+"""How the training stages use the device: precision, fused optimizers and torch.compile (`compute` params).
+
+- precision `fp32`: every op in float32 (the default; on CPU the only setting whose bits tests pin).
+- precision `tf32`: float32 weights and activations, matmuls and convolutions on CUDA tensor cores in TF32
+  (10-bit mantissa products, float32 accumulation); on CPU the same as fp32.
+- precision `bf16`: the forward pass and loss under `torch.autocast(dtype=bfloat16)` (matmuls, convolutions and
+  attention in bf16; reductions, norms and the loss in float32, by autocast's op lists); weights, gradients and
+  optimizer states stay float32, so no loss scaling is needed (bf16 has float32's exponent range). CUDA, and CPU
+  where bf16 kernels exist.
+- Adam/AdamW run fused (one kernel for all parameters) on CUDA; on CPU the default for-each implementation.
+- compile: the training networks' forward under `torch.compile` (inductor); the first steps pay the compile time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from genlab.config import ComputeConfig
+
+
+def configure(device: torch.device, compute: ComputeConfig) -> None:
+    """Process-wide settings: TF32 for CUDA matmuls and convolutions unless precision is fp32."""
+    if device.type == "cuda":
+        fast = compute.precision != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+
+
+def autocast(device: torch.device, compute: ComputeConfig) -> contextlib.AbstractContextManager:
+    """The context a training step's forward pass and loss run in: bf16 autocast, or nothing."""
+    if compute.precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def adam(params: Iterable[nn.Parameter], device: torch.device, *, decoupled: bool = False, **kwargs: object,
+         ) -> torch.optim.Optimizer:
+    """Adam (or AdamW with `decoupled`), fused on CUDA: the same update, one kernel launch for all parameters."""
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, fused=True, **kwargs) if device.type == "cuda" else cls(params, **kwargs)
+
+
+def compiled(module: nn.Module, compute: ComputeConfig) -> nn.Module:
+    """The module training calls, under torch.compile when `compute.compile` (the parameters stay shared with
+    `module`, which checkpoints and EMA keep using)."""
+    return torch.compile(module) if compute.compile else module

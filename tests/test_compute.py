@@ -1,0 +1,156 @@
+"""The `compute` settings (src/genlab/compute.py): their logic checked on CPU, where no GPU is available. bf16 autocast
+runs on CPU too, so the mixed-precision path is exercised for real; fused Adam and TF32 are CUDA settings whose
+selection is checked; torch.compile is checked in a slow test (inductor compiles C++ on CPU: minutes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genlab.compute import adam, autocast, compiled, configure
+from genlab.config import ComputeConfig, LDMConfig
+from genlab.distributed import World
+from genlab.models.vae import VAE
+from genlab.randomness import batch_indices, generator
+from genlab.stages.common import Context
+from genlab.stages.diffusion_training import build_step
+from genlab.stages.train_vae import vae_step
+
+CPU = torch.device("cpu")
+CFG = LDMConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], conditioning="class", batch_size=16)
+
+
+def _ldm_run(compute: ComputeConfig, steps: int = 2):  # noqa: ANN202
+    """A small class-conditional latent U-Net trained `steps` steps with the stage's own builder."""
+    g0 = torch.Generator().manual_seed(0)
+    x_all, labels = torch.randn(64, 4, 8, 8, generator=g0), torch.arange(64) % 10
+    run = build_step("train_ldm", CFG, 0, CPU, World(), [4, 8, 8], 10, "digits", [],
+                     lambda idx, g: x_all[idx], labels, compute)
+    losses = []
+    for k in range(steps):
+        losses.append(run.step(batch_indices(0, k, 64, 16), generator(0, "test", k))["loss"])
+        run.trainable.step += 1
+    return run, losses
+
+
+def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights() -> None:
+    run32, loss32 = _ldm_run(ComputeConfig())
+    seen = []
+    run16, _ = _ldm_run(ComputeConfig(precision="bf16"), steps=0)
+    conv = next(m for m in run16.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    losses = []
+    for k in range(2):
+        losses.append(run16.step(batch_indices(0, k, 64, 16), generator(0, "test", k))["loss"])
+        run16.trainable.step += 1
+    assert set(seen) == {torch.bfloat16}  # convolutions under autocast
+    assert all(p.dtype == torch.float32 for p in run16.unet.parameters())  # master weights
+    state = run16.trainable.optimizers["opt"].state
+    assert all(s["exp_avg"].dtype == torch.float32 for s in state.values())
+    # the same draws: the bf16 losses track the fp32 ones to bf16 precision, but are not the same numbers
+    for a, b in zip(losses, loss32, strict=True):
+        assert a.dtype == torch.float32 and torch.isfinite(a)
+        assert a.item() == pytest.approx(b.item(), rel=0.05) and a.item() != b.item()
+
+
+def test_fp32_and_tf32_leave_cpu_training_bit_identical() -> None:
+    """On CPU tf32 changes nothing (a CUDA setting), and autocast is off: the same bits as fp32."""
+    (a, _), (b, _) = _ldm_run(ComputeConfig()), _ldm_run(ComputeConfig(precision="tf32"))
+    configure(CPU, ComputeConfig(precision="tf32"))
+    for p, q in zip(a.unet.parameters(), b.unet.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def test_vae_step_runs_its_forward_in_the_given_context() -> None:
+    torch.manual_seed(0)
+    vae = VAE(in_channels=1, base_channels=8, latent_channels=4, downsample=1)
+    opt = adam(vae.parameters(), CPU, lr=1e-3)
+    x_all = torch.rand(32, 1, 16, 16) * 2 - 1
+    seen = []
+    conv = next(m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    entered = []
+
+    def amp():  # noqa: ANN202
+        entered.append(1)
+        return autocast(CPU, ComputeConfig(precision="bf16"))
+
+    out = vae_step(vae, opt, x_all, torch.arange(16), torch.randn(16, 4, 8, 8), 1.0, 0.1, micro=8, device=CPU,
+                   amp=amp)
+    assert len(entered) == 2  # once per micro-batch
+    assert torch.isfinite(out["loss"]) and all(p.dtype == torch.float32 for p in vae.parameters())
+    assert seen == [torch.bfloat16] * 2
+
+
+def test_adam_is_fused_on_cuda_only() -> None:
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    assert adam(params, torch.device("cuda"), lr=1e-3).defaults["fused"] is True
+    assert not adam(params, CPU, lr=1e-3).defaults["fused"]
+    decoupled = adam(params, torch.device("cuda"), decoupled=True, lr=1e-3, weight_decay=0.0)
+    assert isinstance(decoupled, torch.optim.AdamW) and decoupled.defaults["fused"] is True
+
+
+def test_autocast_is_off_unless_bf16() -> None:
+    for precision in ("fp32", "tf32"):
+        with autocast(CPU, ComputeConfig(precision=precision)):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with autocast(CPU, ComputeConfig(precision="bf16")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_compute_settings_are_part_of_a_runs_identity(tmp_path) -> None:  # noqa: ANN001
+    """A checkpoint written under other compute settings is not resumed (its fingerprint differs); the defaults add
+    nothing, so runs at the defaults keep their fingerprints."""
+    from genlab.paths import Paths
+    from genlab.stages.common import fingerprint
+
+    base = Context(paths=Paths(tmp_path), seed=0, device=CPU)
+    assert base.fingerprint("train_ldm", CFG, "h") == fingerprint("train_ldm", CFG, 0, "h")
+    fps = {Context(paths=Paths(tmp_path), seed=0, device=CPU, compute=ComputeConfig(**c)).fingerprint(
+        "train_ldm", CFG, "h") for c in ({}, {"precision": "bf16"}, {"precision": "tf32"}, {"compile": True})}
+    assert len(fps) == 4
+    assert compiled(torch.nn.Linear(2, 2), ComputeConfig()).__class__ is torch.nn.Linear
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager() -> None:
+    """compute.compile: the stage's step through torch.compile (inductor, C++ on CPU) gives the eager losses and
+    weights to float tolerance."""
+    eager, loss_e = _ldm_run(ComputeConfig())
+    comp, loss_c = _ldm_run(ComputeConfig(compile=True))
+    for a, b in zip(loss_e, loss_c, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
+    for p, q in zip(eager.unet.parameters(), comp.unet.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_every_training_stage_runs_under_bf16_autocast(tmp_path) -> None:  # noqa: ANN001
+    """`compute.precision: bf16` end to end on CPU: each training stage (evaluator, VAE with its autoencoder, LDM,
+    GAN with R1's double backward; the pixel U-Net shares the LDM's step builder) trains, writes its snapshot in
+    float32 and records the setting."""
+    import json
+
+    import mlflow
+    from safetensors.torch import load_file
+
+    from tests.conftest import make_project, sh, tiny_params
+
+    params = tiny_params()
+    params["compute"] = {"precision": "bf16", "compile": False}
+    for section, n in (("evaluator", 1024), ("vae", 512), ("ldm", 256), ("gan", 256)):
+        params[section].update(train_images=n, log_every_images=128)
+    params["vae"].update(ae_train_images=128, kl_warmup_images=128)
+    params["ldm"].update(fid_every_images=10**9, nll_timesteps=1)
+    params["gan"].update(fid_every_images=256, fid_samples=20)  # the cheap FID reads the evaluator's features
+    root, env = make_project(tmp_path, params)
+    for stage in ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_gan"):
+        sh(["genlab", stage], root, env)
+    for name in ("evaluator", "vae", "ldm", "gan"):
+        weights = load_file(str(root / "models" / name / "model.safetensors"))
+        floats = [t for t in weights.values() if t.is_floating_point()]
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in floats), name
+    gan = json.loads((root / "metrics" / "train_gan.json").read_text())
+    assert all(abs(gan[k]) < 1e3 for k in ("final_loss_d", "final_loss_g"))  # finite: NaN fails the comparison
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=["genlab"], output_format="list")
+    assert {r.data.params["compute.precision"] for r in runs if r.info.run_name.startswith("train_")} == {"bf16"}
