@@ -154,3 +154,17 @@ def test_every_training_stage_runs_under_bf16_autocast(tmp_path) -> None:  # noq
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["genlab"], output_format="list")
     assert {r.data.params["compute.precision"] for r in runs if r.info.run_name.startswith("train_")} == {"bf16"}
+
+
+def test_training_images_move_to_the_gpu_only_when_they_fit(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # noqa: ANN001
+    """On CUDA a split becomes device-resident when it takes at most RESIDENT_FRACTION of the free memory."""
+    from genlab.data import store
+
+    images = store.Images(tmp_path / "unused.safetensors", 0, (1000, 3, 64, 64))  # 12.3 MB, never read here
+    monkeypatch.setattr(store, "ResidentImages", lambda imgs, device: ("resident", imgs, device))
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 12_288_000, 10**11))
+    assert store.training_images(images, cuda) == ("resident", images, cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 12_288_000 - 1, 10**11))
+    assert store.training_images(images, cuda) is images
+    assert store.training_images(images, CPU) is images

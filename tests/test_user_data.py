@@ -271,5 +271,10 @@ def test_streamed_safetensors_round_trip(tmp_path: Path) -> None:
     store.write(many, [store.Entry("images", "U8", big.shape, [big])])
     order = rng.permutation(len(big))
     assert np.array_equal(store.images_of(many).uint8(order).numpy(), big[order])
+    # the GPU path's device-resident copy (here on the CPU, in chunks smaller than the split): the same batches
+    resident = store.ResidentImages(store.images_of(many), torch.device("cpu"), chunk=100)
+    idx = torch.from_numpy(order[:64])
+    assert len(resident) == len(big) and torch.equal(resident[idx], store.images_of(many)[idx])
+    assert store.training_images(x, torch.device("cpu")) is x  # on CPU the memory map (flat RSS)
     with pytest.raises(ValueError, match="got 8 bytes"):
         store.write(tmp_path / "y.safetensors", [store.Entry("labels", "I64", (2,), [labels[:1]])])

@@ -21,7 +21,7 @@ from genlab import inputs
 from genlab.compute import adam, autocast, compiled
 from genlab.config import ComputeConfig, DiffusionConfig, unet_levels
 from genlab.data import sources
-from genlab.data.store import Rows
+from genlab.data.store import Rows, training_images
 from genlab.device import inference_batch
 from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
@@ -198,9 +198,10 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
         test_x0 = data.test.images.all()
         extra["latent_scale"] = 1.0
         vae_hash = ""
+        pixels = training_images(data.train.images, ctx.device)
 
         def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            return data.train.images[idx]
+            return pixels[idx]
         shape = list(data.train.images.shape[1:])
     source = data.manifest["source"]
     names = sources.class_names(data.manifest)

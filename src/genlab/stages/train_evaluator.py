@@ -9,6 +9,7 @@ import torch
 from genlab.compute import adam, autocast
 from genlab.config import EvaluatorConfig
 from genlab.data.splits import ROTATIONS, evaluator_task
+from genlab.data.store import training_images
 from genlab.device import inference_batch
 from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate
 from genlab.paths import staged_dir
@@ -47,7 +48,7 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
     opt = adam(model.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
     net = ctx.train_net(model)
-    x_all, y_all = data.train.images, data.train.attributes
+    x_all, y_all = training_images(data.train.images, ctx.device), data.train.attributes
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         model.train()

@@ -7,6 +7,7 @@ import torch
 from genlab import inputs
 from genlab.compute import adam, autocast
 from genlab.config import GANConfig
+from genlab.data.store import training_images
 from genlab.distributed import no_sync
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, r1_penalty
@@ -40,7 +41,7 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
     opt_g = adam(G.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     opt_d = adam(D.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     trainable = Trainable({"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d})
-    x_all, y_all = data.train.images, data.train.labels
+    x_all, y_all = training_images(data.train.images, ctx.device), data.train.labels
 
     # torch.compile does not take the double backward of R1: only the generator is compiled
     G_net, D_net = ctx.train_net(G), ctx.world.wrap(D)

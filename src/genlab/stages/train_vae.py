@@ -23,6 +23,7 @@ from genlab import inputs
 from genlab import latent_tools as lt
 from genlab.compute import adam, autocast
 from genlab.config import VAEConfig, latent_side
+from genlab.data.store import training_images
 from genlab.device import inference_batch
 from genlab.distributed import World, no_sync
 from genlab.images import save_grid
@@ -132,7 +133,7 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
     opt = adam(vae.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
     net = ctx.train_net(vae)
-    x_all = data.train.images
+    x_all = training_images(data.train.images, ctx.device)
     train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
 
     side = x_all.shape[-1]
