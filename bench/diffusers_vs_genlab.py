@@ -58,12 +58,12 @@ from genlab.checkpoint import save_snapshot
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import splits
 from genlab.diffusion.loss import drop_labels
-from genlab.distributed import World
 from genlab.metrics import fid
 from genlab.models.vae import reparameterize
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
 from genlab.sampling import DiffusionSampler, generate, image_seeds, load_vae, seeded_normal
+from genlab.stages.common import Context
 from genlab.stages.diffusion_training import build_step
 from genlab.stages.train_vae import encode
 
@@ -173,8 +173,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     stage = "train_ldm" if space == "latent" else "train_pixel"
     # the stage's own builder: the same initialisation, optimizer, lr schedule, conditioning, loss, clipping and EMA
-    run = build_step(stage, cfg, bench.params.seed, device, World(), shape, bench.num_classes, "digits", [],
-                     x0_batch, train.labels, bench.params.compute)
+    ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device, compute=bench.params.compute)
+    run = build_step(stage, cfg, ctx, shape, bench.num_classes, "digits", [], x0_batch, train.labels)
     network, unet, ema = run.network, run.unet, run.ema
     batch = min(cfg.batch_size, len(train))
 

@@ -4,13 +4,15 @@ selection is checked; torch.compile is checked in a slow test (inductor compiles
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from genlab.compute import adam, autocast, compiled, configure
 from genlab.config import ComputeConfig, LDMConfig
-from genlab.distributed import World
 from genlab.models.vae import VAE
+from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
 from genlab.stages.common import Context
 from genlab.stages.diffusion_training import build_step
@@ -24,8 +26,8 @@ def _ldm_run(compute: ComputeConfig, steps: int = 2):  # noqa: ANN202
     """A small class-conditional latent U-Net trained `steps` steps with the stage's own builder."""
     g0 = torch.Generator().manual_seed(0)
     x_all, labels = torch.randn(64, 4, 8, 8, generator=g0), torch.arange(64) % 10
-    run = build_step("train_ldm", CFG, 0, CPU, World(), [4, 8, 8], 10, "digits", [],
-                     lambda idx, g: x_all[idx], labels, compute)
+    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=CPU, compute=compute)  # nothing is written
+    run = build_step("train_ldm", CFG, ctx, [4, 8, 8], 10, "digits", [], lambda idx, g: x_all[idx], labels)
     losses = []
     for k in range(steps):
         losses.append(run.step(batch_indices(0, k, 64, 16), generator(0, "test", k))["loss"])

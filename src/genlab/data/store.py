@@ -173,6 +173,8 @@ class ResidentImages:
         return to_float(self.u8[idx])
 
 
+Batches = Images | ResidentImages | torch.Tensor  # what a training step indexes for its images: x[idx] in [-1, 1]
+
 RESIDENT_FRACTION = 0.25  # a split moves onto the GPU when its bytes take at most this share of free memory
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from genlab import inputs
-from genlab.compute import adam, autocast, compiled
-from genlab.config import ComputeConfig, DiffusionConfig, unet_levels
+from genlab.compute import adam, autocast
+from genlab.config import DiffusionConfig, unet_levels
 from genlab.data import sources
 from genlab.data.store import Rows, training_images
 from genlab.device import inference_batch
@@ -27,7 +27,6 @@ from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
 from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
 from genlab.diffusion.schedules import alpha_bar
-from genlab.distributed import World
 from genlab.latent_cache import posterior_cache
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
@@ -126,17 +125,17 @@ class DiffusionStep:
     step: Callable[[torch.Tensor, torch.Generator], Losses]
 
 
-def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device, world: World, shape: list[int],
-               num_classes: int, source: str, names: list[str], x0_batch: X0Batch, labels: torch.Tensor,
-               compute: ComputeConfig = ComputeConfig()) -> DiffusionStep:  # noqa: B008 (frozen settings)
+def build_step(stage: str, cfg: DiffusionConfig, ctx: Context, shape: list[int], num_classes: int, source: str,
+               names: list[str], x0_batch: X0Batch, labels: torch.Tensor) -> DiffusionStep:
     """The one builder of a diffusion training step, used by `train_ldm`/`train_pixel` (in one process or under
-    DDP) and by bench/diffusers_vs_genlab.py: the U-Net for `shape` inputs initialised from (seed, stage), AdamW,
-    the learning-rate schedule, condition dropout, `diffusion_loss`, gradient clipping and the EMA with a half-life
-    in images, with the `compute` settings. `x0_batch(idx, g)` gives the clean inputs of the train rows `idx`;
-    `labels` all train labels. The step reads its position from `trainable.step` (the caller advances it, as
-    `training.train` does)."""
+    DDP) and by the benches: the U-Net for `shape` inputs initialised from (ctx.seed, stage), AdamW, the
+    learning-rate schedule, condition dropout, `diffusion_loss`, gradient clipping and the EMA with a half-life in
+    images, with `ctx.compute`'s settings on `ctx.world`. `x0_batch(idx, g)` gives the clean inputs of the train
+    rows `idx`; `labels` all train labels. The step reads its position from `trainable.step` (the caller advances
+    it, as `training.train` does)."""
+    device, world = ctx.device, ctx.world
     network = unet_network(cfg, shape[0], num_classes, shape[-1])
-    with seeded(seed, stage, "init"):
+    with seeded(ctx.seed, stage, "init"):
         unet = UNet(**network).to(device)
     ema = ema_copy(unet)
     opt = adam(unet.parameters(), device, decoupled=True, lr=cfg.lr, weight_decay=0.0)
@@ -144,7 +143,7 @@ def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device
     ab = alpha_bar(cfg.timesteps, cfg.schedule)
     cond = Conditioner(cfg, num_classes, device, source, names)
     total_steps = max(1, cfg.train_images // cfg.batch_size)
-    net = compiled(world.wrap(unet), compute)
+    net = ctx.train_net(unet)
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         unet.train()
@@ -154,7 +153,7 @@ def build_step(stage: str, cfg: DiffusionConfig, seed: int, device: torch.device
         rows = world.rows(len(idx))
         x0 = x0_batch(idx, g).to(device)
         model = cond.model(net, labels[idx], g, cfg.p_uncond, rows)
-        with autocast(device, compute):
+        with autocast(device, ctx.compute):
             loss = diffusion_loss(model, x0, None, ab, g, prediction=cfg.prediction, min_snr_gamma=cfg.min_snr_gamma,
                                   rows=rows)
         optimizer_step(unet, opt, loss, loss_name="loss", module_name="unet", max_norm=1.0, check=trainable.check)
@@ -205,8 +204,7 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
         shape = list(data.train.images.shape[1:])
     source = data.manifest["source"]
     names = sources.class_names(data.manifest)
-    run = build_step(stage, cfg, ctx.seed, ctx.device, ctx.world, shape, num_classes, source, names, x0_batch,
-                     data.train.labels, ctx.compute)
+    run = build_step(stage, cfg, ctx, shape, num_classes, source, names, x0_batch, data.train.labels)
     network, unet, ema, trainable, cond, ab = run.network, run.unet, run.ema, run.trainable, run.cond, run.ab
 
     @torch.no_grad()

@@ -4,12 +4,15 @@ predicts which of 4 rotations was applied to an image (Gidaris et al. 2018)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from genlab.compute import adam, autocast
 from genlab.config import EvaluatorConfig
 from genlab.data.splits import ROTATIONS, evaluator_task
-from genlab.data.store import training_images
+from genlab.data.store import Batches, training_images
 from genlab.device import inference_batch
 from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate
 from genlab.paths import staged_dir
@@ -37,23 +40,32 @@ def accuracy(model: Evaluator, images: torch.Tensor, attributes: torch.Tensor | 
     return torch.cat(hits).float().mean(0)
 
 
-def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
-    data = load_data(ctx)
-    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    names, heads = evaluator_task(data.manifest)
-    rotation = not data.manifest["attributes"]["names"]
-    network = {"in_channels": c, "num_classes": heads, "width": cfg.width}
+@dataclass
+class EvaluatorStep:
+    """What evaluator training steps: the network's arguments, the model with its optimizer (in `trainable`) and
+    `step(idx, g)`, one update on the global batch `idx`."""
+
+    network: dict
+    trainable: Trainable
+    step: Callable[[torch.Tensor, torch.Generator], Losses]
+
+
+def build_step(cfg: EvaluatorConfig, ctx: Context, channels: int, heads: list[int], x_all: Batches,
+               y_all: torch.Tensor | None) -> EvaluatorStep:
+    """The one builder of the evaluator's training step (the stage, under DDP too, and the benches): the network
+    initialised from (ctx.seed, STAGE), Adam, random shifts, and either the attribute heads' cross-entropy on
+    `y_all` or, with `y_all` None, the rotation task (Gidaris et al. 2018); `ctx.compute`'s settings."""
+    network = {"in_channels": channels, "num_classes": heads, "width": cfg.width}
     with seeded(ctx.seed, STAGE, "init"):
         model = Evaluator(**network).to(ctx.device)
     opt = adam(model.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
     net = ctx.train_net(model)
-    x_all, y_all = training_images(data.train.images, ctx.device), data.train.attributes
 
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         model.train()
         x = random_shift(x_all[idx], g)  # drawn for the global batch; this rank computes on `rows` of it
-        if rotation:  # the target is the rotation drawn for each image
+        if y_all is None:  # the target is the rotation drawn for each image
             k = torch.randint(0, len(ROTATIONS), (len(idx),), generator=g)
             x, y = rotate(x, k), k[:, None]
         else:
@@ -63,6 +75,19 @@ def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
             loss = attribute_loss(model, net(x[rows].to(ctx.device)), y[rows].to(ctx.device))
         optimizer_step(model, opt, loss, loss_name="loss", module_name="evaluator", check=trainable.check)
         return {"loss": loss.detach()}
+
+    return EvaluatorStep(network, trainable, step)
+
+
+def run(cfg: EvaluatorConfig, ctx: Context) -> dict:
+    data = load_data(ctx)
+    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
+    names, heads = evaluator_task(data.manifest)
+    rotation = not data.manifest["attributes"]["names"]
+    built = build_step(cfg, ctx, c, heads, training_images(data.train.images, ctx.device),
+                       None if rotation else data.train.attributes)
+    network, trainable, step = built.network, built.trainable, built.step
+    model = trainable.modules["model"]
 
     fp = ctx.fingerprint(STAGE, cfg, data.hash)
     ckpt = ctx.paths.checkpoint(STAGE)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from genlab import inputs
 from genlab.compute import adam, autocast
 from genlab.config import GANConfig
-from genlab.data.store import training_images
+from genlab.data.store import Batches, training_images
 from genlab.distributed import no_sync
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss, r1_penalty
@@ -28,20 +31,32 @@ from genlab.training import Losses, Trainable, optimizer_step, train
 STAGE = "train_gan"
 
 
-def run(cfg: GANConfig, ctx: Context) -> dict:
-    data = load_data(ctx)
-    inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
-    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
-    k = data.manifest["num_classes"]
-    g_net = {"z_dim": cfg.z_dim, "num_classes": k, "base": cfg.base_channels, "image_size": s, "channels": c}
+@dataclass
+class GANStep:
+    """What GAN training steps: the networks' arguments, G, D and the EMA generator with their optimizers (in
+    `trainable`), and `step(idx, g)`, one discriminator and one generator update on the global batch `idx`."""
+
+    network: dict
+    trainable: Trainable
+    step: Callable[[torch.Tensor, torch.Generator], Losses]
+
+
+def build_step(cfg: GANConfig, ctx: Context, channels: int, side: int, num_classes: int, x_all: Batches,
+               y_all: torch.Tensor) -> GANStep:
+    """The one builder of the GAN's training step (the stage, under DDP too, and the benches): G and D initialised
+    from (ctx.seed, STAGE), Adam (0, 0.9), hinge losses with R1 on real images, the generator's EMA with a half-life
+    in images, `ctx.compute`'s settings. `x_all[idx]`: train images; `y_all`: their labels (num_classes 0:
+    unconditional). The step reads its position from `trainable.step`."""
+    k = num_classes
+    g_net = {"z_dim": cfg.z_dim, "num_classes": k, "base": cfg.base_channels, "image_size": side,
+             "channels": channels}
     with seeded(ctx.seed, STAGE, "init"):
         G = Generator(**g_net).to(ctx.device)
-        D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=s, channels=c).to(ctx.device)
+        D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=side, channels=channels).to(ctx.device)
     G_ema = ema_copy(G)
     opt_g = adam(G.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     opt_d = adam(D.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     trainable = Trainable({"G": G, "D": D, "G_ema": G_ema}, {"opt_g": opt_g, "opt_d": opt_d})
-    x_all, y_all = training_images(data.train.images, ctx.device), data.train.labels
 
     # torch.compile does not take the double backward of R1: only the generator is compiled
     G_net, D_net = ctx.train_net(G), ctx.world.wrap(D)
@@ -70,6 +85,18 @@ def run(cfg: GANConfig, ctx: Context) -> dict:
         ema_update(G_ema, G, ema_decay(trainable.step * cfg.batch_size, cfg.batch_size, cfg.ema_halflife_images))
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_scores.detach().mean(),
                 "d_fake": fake_scores.detach().mean(), "r1": r1.detach()}
+
+    return GANStep(g_net, trainable, step)
+
+
+def run(cfg: GANConfig, ctx: Context) -> dict:
+    data = load_data(ctx)
+    inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
+    c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
+    built = build_step(cfg, ctx, c, s, data.manifest["num_classes"], training_images(data.train.images, ctx.device),
+                       data.train.labels)
+    g_net, trainable, step = built.network, built.trainable, built.step
+    G_ema = trainable.modules["G_ema"]
 
     @torch.no_grad()
     def cheap_sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:

@@ -14,6 +14,7 @@ import contextlib
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from genlab import inputs
 from genlab import latent_tools as lt
 from genlab.compute import adam, autocast
 from genlab.config import VAEConfig, latent_side
-from genlab.data.store import training_images
+from genlab.data.store import Batches, training_images
 from genlab.device import inference_batch
 from genlab.distributed import World, no_sync
 from genlab.images import save_grid
@@ -125,17 +126,26 @@ def vae_step(vae: VAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, idx: tor
     return dict(zip(("loss", "recon", "kl"), totals, strict=True))
 
 
-def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
-    """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean)."""
+@dataclass
+class VAEStep:
+    """What VAE (or plain autoencoder) training steps: the model with its optimizer (in `trainable`) and
+    `step(idx, g)`, one update on the global batch `idx`."""
+
+    trainable: Trainable
+    step: Callable[[torch.Tensor, torch.Generator], Losses]
+
+
+def build_step(cfg: VAEConfig, ctx: Context, network: dict, x_all: Batches, plain: bool) -> VAEStep:
+    """The one builder of the VAE's training step (the stage, under DDP too, and the benches): the network
+    initialised from (ctx.seed, stage key), Adam, β warm-up, `vae_step`'s micro-batched update, `ctx.compute`'s
+    settings; plain: the deterministic autoencoder baseline (no KL, z = mean). The step reads its position from
+    `trainable.step`."""
     key = f"{STAGE}.ae" if plain else STAGE
     with seeded(ctx.seed, key, "init"):
         vae = VAE(**network).to(ctx.device)
     opt = adam(vae.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
     net = ctx.train_net(vae)
-    x_all = training_images(data.train.images, ctx.device)
-    train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
-
     side = x_all.shape[-1]
     latent = (network["latent_channels"], side >> network["downsample"], side >> network["downsample"])
     # rows per backward: 16 at 64 px, where a 64-row VAE step peaks 1.24 GB above the imports, 16-row parts 0.41 GB;
@@ -151,6 +161,15 @@ def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, ml
                        amp=lambda: autocast(ctx.device, ctx.compute))
         return {**out, "beta": beta}
 
+    return VAEStep(trainable, step)
+
+
+def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
+    """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean)."""
+    key = f"{STAGE}.ae" if plain else STAGE
+    built = build_step(cfg, ctx, network, training_images(data.train.images, ctx.device), plain)
+    trainable, step = built.trainable, built.step
+    train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
     prefix = "ae_" if plain else ""
     train(key, train_cfg, trainable, step, seed=ctx.seed, n_train=len(data.train), ckpt=ctx.paths.checkpoint(key),
           fingerprint=ctx.fingerprint(key, cfg, data.hash),
