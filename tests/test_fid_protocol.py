@@ -187,7 +187,7 @@ def test_reference_round_trips(saved_reference: tuple[refstats.ReferenceStats, P
     assert loaded.key == stats.key and loaded.n == 100
     # the k-NN radii of precision/recall travel with the features: torch-fidelity's, for k = PR
     assert loaded.radii_k == PR and torch.equal(loaded.radii, stats.radii)
-    assert torch.equal(loaded.radii, refstats.knn_radii(stats.features.float(), PR, 64))
+    assert torch.equal(loaded.radii, refstats.knn_radii(stats.features.float(), PR, refstats.radii_batch(100)))
     # the weights are named by content (sha256) and file name, not by where the project lives
     assert loaded.extractor == replace(offline, weights_path=Path(offline.weights_path).name)
     with safe_open(str(path), framework="pt") as f:
