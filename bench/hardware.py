@@ -37,7 +37,7 @@ import psutil
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from genlab.config import Params, latent_side
+from genlab.config import Params
 from genlab.device import resolve
 from genlab.diffusion.sample import ddim_sample, ddim_timesteps, guided
 from genlab.distributed import World
@@ -97,9 +97,7 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
     x_all = torch.rand(N_TRAIN, 1, SIDE, SIDE, generator=g) * 2 - 1
     labels = torch.arange(N_TRAIN) % CLASSES
     latents = torch.randn(N_TRAIN, 4, 8, 8, generator=g)
-    vae_net = {"in_channels": 1, "base_channels": params.vae.base_channels,
-               "latent_channels": params.vae.latent_channels,
-               "downsample": (SIDE // latent_side(SIDE, params.vae.downsample)).bit_length() - 1}
+    vae_net = train_vae.vae_network(params.vae, 1, SIDE)
     built = {
         "evaluator": (params.evaluator.batch_size,
                       train_evaluator.build_step(params.evaluator, ctx, 1, [CLASSES], x_all, labels[:, None])),
@@ -147,9 +145,7 @@ def sampling_rows(params: Params, ctx: Context, batch: int) -> dict[str, dict[st
     """DDIM latents/s with the default LDM's U-Net (class-conditioned), guided and not, and decoded images/s."""
     unet = diffusion_training.build_step("train_ldm", params.ldm, ctx, [4, 8, 8], CLASSES, "digits", [],
                                          lambda idx, _g: idx, torch.zeros(1, dtype=torch.long)).ema.eval()
-    vae_net = {"in_channels": 1, "base_channels": params.vae.base_channels,
-               "latent_channels": params.vae.latent_channels,
-               "downsample": (SIDE // latent_side(SIDE, params.vae.downsample)).bit_length() - 1}
+    vae_net = train_vae.vae_network(params.vae, 1, SIDE)
     vae = train_vae.build_step(params.vae, ctx, vae_net, torch.zeros(1, 1, SIDE, SIDE), False).trainable.modules["vae"]
     vae.eval()
     from genlab.diffusion.schedules import alpha_bar

@@ -160,6 +160,12 @@ def score_against(generated_images: torch.Tensor, ref: ReferenceStats, extractor
         raise GenlabError(f"reference statistics were computed with {ref.extractor.label} "
                           f"({ref.extractor.feature_layer}), not {extractor.label} ({extractor.feature_layer})")
     gen = extract_features(generated_images, extractor, batch_size, cuda)
+    return score_features(gen, ref, kid_subset_size, pr_neighbourhood, held_out_nn)
+
+
+def score_features(gen: torch.Tensor, ref: ReferenceStats, kid_subset_size: int, pr_neighbourhood: int,
+                   held_out_nn: torch.Tensor | None = None) -> dict[str, float]:
+    """`score_against` for features `gen` (N, D) already extracted in the reference's feature space."""
     real = ref.features.to(gen.dtype)  # exact: float32 values held as float64
     gen_stats = fid_features_to_statistics(gen)
     ref_stats = {k: v.astype(gen_stats[k].dtype) for k, v in (("mu", ref.mu), ("sigma", ref.sigma))}

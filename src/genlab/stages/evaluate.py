@@ -24,7 +24,14 @@ from genlab.config import DiffusionConfig, EvaluateConfig, LDMConfig, PixelConfi
 from genlab.data import shapes, sources
 from genlab.errors import GenlabError
 from genlab.metrics import fid
-from genlab.metrics.reference import ReferenceStats, load_reference, nearest_distances, reference_key, score_against
+from genlab.metrics.reference import (
+    ReferenceStats,
+    load_reference,
+    nearest_distances,
+    reference_key,
+    score_against,
+    score_features,
+)
 from genlab.paths import read_json
 from genlab.report import comparison_table, write_comparison
 from genlab.sampling import FAMILIES
@@ -43,10 +50,11 @@ def score(cfg: EvaluateConfig, ctx: Context, data: Data, extractor: fid.Extracto
     cuda = ctx.device.type == "cuda"
     common = {"kid_subset_size": cfg.kid_subset_size, "pr_neighbourhood": cfg.pr_neighbourhood,
               "batch_size": cfg.batch_size, "cuda": cuda}
-    floor = score_against(data.test.images, ref, extractor, **common)
-    # how close fresh images come to the train split: what copying is measured against
-    held_out_nn = nearest_distances(fid.extract_features(data.test.images, extractor, cfg.batch_size, cuda),
-                                    ref.features.float())
+    # the test split's features, extracted once: its FID (the floor), and how close fresh images come to the train
+    # split (what copying is measured against)
+    test_features = fid.extract_features(data.test.images, extractor, cfg.batch_size, cuda)
+    floor = score_features(test_features, ref, cfg.kid_subset_size, cfg.pr_neighbourhood)
+    held_out_nn = nearest_distances(test_features, ref.features.float())
     if data.manifest["num_classes"]:  # unlabelled data: no class accuracy (absent, not zero)
         floor.update(accuracies(evaluator, data.test.images, data.test.labels, data.manifest))
     results = {"data floor (test vs train)": {**floor, "fid_ratio": 1.0, "n": len(data.test)}}

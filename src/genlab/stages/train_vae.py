@@ -126,6 +126,12 @@ def vae_step(vae: VAE, opt: torch.optim.Optimizer, x_all: torch.Tensor, idx: tor
     return dict(zip(("loss", "recon", "kl"), totals, strict=True))
 
 
+def vae_network(cfg: VAEConfig, channels: int, side: int) -> dict:
+    """The VAE's constructor arguments for (channels, side, side) images: `latent_side` sets the downsampling."""
+    return {"in_channels": channels, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
+            "downsample": (side // latent_side(side, cfg.downsample)).bit_length() - 1}
+
+
 @dataclass
 class VAEStep:
     """What VAE (or plain autoencoder) training steps: the model with its optimizer (in `trainable`) and
@@ -164,10 +170,12 @@ def build_step(cfg: VAEConfig, ctx: Context, network: dict, x_all: Batches, plai
     return VAEStep(trainable, step)
 
 
-def fit(cfg: VAEConfig, ctx: Context, data: Data, network: dict, plain: bool, mlrun: StageRun) -> Trainable:
-    """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean)."""
+def fit(cfg: VAEConfig, ctx: Context, data: Data, x_all: Batches, network: dict, plain: bool,
+        mlrun: StageRun) -> Trainable:
+    """Train a VAE (plain=False) or a deterministic autoencoder (plain=True: no KL, z = mean) on `x_all`, the
+    train split as `training_images` gives it."""
     key = f"{STAGE}.ae" if plain else STAGE
-    built = build_step(cfg, ctx, network, training_images(data.train.images, ctx.device), plain)
+    built = build_step(cfg, ctx, network, x_all, plain)
     trainable, step = built.trainable, built.step
     train_cfg = cfg.model_copy(update={"train_images": cfg.ae_train_images}) if plain else cfg
     prefix = "ae_" if plain else ""
@@ -220,14 +228,14 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
     data = load_data(ctx)
     c, s = data.manifest["image_shape"][0], data.manifest["image_shape"][1]
     evaluator = inputs.evaluator(ctx.paths, data.manifest)  # checked before any training
-    network = {"in_channels": c, "base_channels": cfg.base_channels, "latent_channels": cfg.latent_channels,
-               "downsample": (s // latent_side(s, cfg.downsample)).bit_length() - 1}
+    network = vae_network(cfg, c, s)
     n_eval = len(data.test)
     keys = (STAGE, f"{STAGE}.ae")
     resume = tuple((ctx.paths.checkpoint(k), ctx.fingerprint(k, cfg, data.hash)) for k in keys)
     with stage_run(ctx, STAGE, cfg, data.hash, resume=resume) as mlrun:
-        trainable = fit(cfg, ctx, data, network, plain=False, mlrun=mlrun)
-        ae = fit(cfg, ctx, data, network, plain=True, mlrun=mlrun).modules["vae"] if cfg.ae_baseline else None
+        x_all = training_images(data.train.images, ctx.device)  # on CUDA copied to the GPU once, for both models
+        trainable = fit(cfg, ctx, data, x_all, network, plain=False, mlrun=mlrun)
+        ae = fit(cfg, ctx, data, x_all, network, plain=True, mlrun=mlrun).modules["vae"] if cfg.ae_baseline else None
         if not ctx.world.main:
             return {}
         vae = trainable.modules["vae"]
