@@ -170,3 +170,54 @@ def test_training_images_move_to_the_gpu_only_when_they_fit(monkeypatch: pytest.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 12_288_000 - 1, 10**11))
     assert store.training_images(images, cuda) is images
     assert store.training_images(images, CPU) is images
+
+
+def test_threads_param_sets_torchs_cpu_threads_and_changes_a_runs_identity() -> None:
+    before = torch.get_num_threads()
+    try:
+        configure(CPU, ComputeConfig(threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert ComputeConfig(threads=1).fingerprint_extra() != ComputeConfig().fingerprint_extra() == ()
+    with pytest.raises(ValueError):
+        ComputeConfig(threads=0)
+
+
+def _stat(path: Path, busy: int, idle: int) -> None:
+    # /proc/stat's first line: cpu user nice system idle iowait irq softirq steal guest guest_nice
+    path.write_text(f"cpu  {busy} 0 0 {idle} 0 0 0 0 0 0\ncpu0 0 0 0 0 0 0 0 0 0 0\n")
+
+
+def test_busy_cores_is_the_machines_non_idle_share_times_its_cores(tmp_path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                                    ) -> None:
+    import os
+
+    from genlab import cpu_wait
+
+    stat = tmp_path / "stat"
+    _stat(stat, 1000, 1000)
+    # during the interval: 300 busy and 100 idle ticks, so 3/4 of every core busy
+    monkeypatch.setattr(cpu_wait.time, "sleep", lambda s: _stat(stat, 1300, 1100))
+    assert cpu_wait.busy_cores(0.0, stat) == pytest.approx(0.75 * (os.cpu_count() or 1))
+    assert cpu_wait.busy_cores(0.0, tmp_path / "missing") is None
+
+
+def test_a_busy_machine_gets_the_passive_wait_policy_unless_the_user_chose_one() -> None:
+    from genlab.cpu_wait import choose_wait_policy
+
+    env: dict[str, str] = {}
+    assert choose_wait_policy(env, busy=0.1, torch_loaded=False) == "default" and env == {}
+    assert choose_wait_policy(env, busy=0.9, torch_loaded=False) == "PASSIVE" and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert choose_wait_policy({"OMP_WAIT_POLICY": "ACTIVE"}, busy=1.9, torch_loaded=False) == "ACTIVE"
+    late: dict[str, str] = {}  # torch already loaded libgomp: setting the variable would change nothing
+    assert choose_wait_policy(late, busy=1.9, torch_loaded=True) == "default" and late == {}
+
+
+def test_the_cli_does_not_import_torch_before_choosing_the_wait_policy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, genlab.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

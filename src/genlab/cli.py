@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from genlab.config import FAMILIES, TRAINING_SECTIONS, load_params
+from genlab.cpu_wait import choose_wait_policy
 from genlab.errors import ConfigError, GenlabError, StageFailed
 from genlab.memory import fix_mmap_threshold
 from genlab.paths import Paths
@@ -40,8 +41,11 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     stage with `dist.nproc_per_node` > 1 under torchrun, unless this process is already one of its ranks."""
     params = load_params(params_path)
     check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
+    policy = choose_wait_policy()  # before torch loads libgomp
     if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return launch(stage, params_path, params.dist.nproc_per_node)
+    import torch
+
     from genlab.compute import configure
     from genlab.device import resolve
     from genlab.distributed import join, leave
@@ -57,6 +61,8 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed
         deterministic(ctx.device)
         configure(ctx.device, params.compute)
+        logging.getLogger("genlab").info("%s: %d CPU threads, OpenMP wait policy %s", stage, torch.get_num_threads(),
+                                         policy)
         module = importlib.import_module(f"genlab.stages.{stage}")
         extra = (family,) if stage == "sample" else ()  # one family per sample stage
         return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx, *extra)

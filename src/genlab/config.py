@@ -185,6 +185,9 @@ class ComputeConfig(Section):
     # TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay float32)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the training networks (pays after its compile time, on long runs)
+    # torch's CPU threads in every stage; null: torch's default (OMP_NUM_THREADS, else the cores). The count changes
+    # a CPU step's reduction order, so the bits: set it to get the same bits on machines with other core counts
+    threads: int | None = Field(None, ge=1)
 
     def fingerprint_extra(self) -> tuple[str, ...]:
         """What a resumable checkpoint must match besides the stage's own section: nothing at the defaults."""

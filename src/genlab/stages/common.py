@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,7 +92,9 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
                                                       "world_size": ctx.world.size, **flatten(ctx.compute, "compute."),
                                                       **flatten(cfg, "cfg.")},
-                              {"genlab.data_hash": data_hash}, resume_run_id=run_id,
+                              {"genlab.data_hash": data_hash, "genlab.torch_threads": str(torch.get_num_threads()),
+                               "genlab.omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default")},
+                              resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
 
 
