@@ -2,9 +2,10 @@
 
 The stage order comes from dvc.yaml through DVC's own API, and each stage runs as
 `dvc repro --single-item <stage>`, so the flow and `dvc repro` share the lock, the cache and the
-skip logic. Each stage is a Prefect task with retries. One MLflow run per flow run is the parent of
-the stage runs (its id reaches them through GENLAB_PARENT_RUN_ID). The comparison table is published
-as Prefect artifacts.
+skip logic. Each stage is a Prefect task with retries. With a default DVC remote (a team's shared store)
+the flow pulls the outputs other machines pushed before the stages run, and pushes its own after. One
+MLflow run per flow run is the parent of the stage runs (its id reaches them through
+GENLAB_PARENT_RUN_ID). The comparison table is published as Prefect artifacts.
 
     python flows/pipeline.py                              # run once
     python flows/pipeline.py --serve --cron "0 3 * * *"  # serve on a schedule
@@ -71,6 +72,24 @@ def run_stage(stage: str, root: str, parent_run_id: str) -> str:
     return status
 
 
+def default_remote(root: str) -> str | None:
+    """The project's default DVC remote, or None (`dvc remote default` prints nothing or fails without one)."""
+    proc = subprocess.run([str(BIN / "dvc"), "remote", "default"], cwd=root, capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+@task(retries=2, retry_delay_seconds=10, task_run_name="dvc {command}")
+def dvc_sync(command: str, root: str) -> None:
+    """With a default DVC remote (the team's shared store): `pull` the outputs other machines pushed before the
+    stages run, so only what changed re-runs here; `push` this run's outputs after, for the others."""
+    args = [str(BIN / "dvc"), command] + (["--allow-missing"] if command == "pull" else [])
+    proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+        raise RuntimeError(f"dvc {command} failed (exit {proc.returncode}):\n{tail}")
+    get_run_logger().info("dvc %s: %s", command, (proc.stdout.strip().splitlines() or ["done"])[-1])
+
+
 def publish_comparison(root: Path) -> None:
     md, table = root / "reports" / "comparison.md", root / "reports" / "comparison.csv"
     if not table.is_file():
@@ -94,9 +113,14 @@ def pipeline(root: str = str(ROOT)) -> dict[str, str]:
     order = stage_order(Path(root))
     logger.info("stages (from dvc.yaml): %s", ", ".join(order))
     results: dict[str, str] = {}
+    remote = default_remote(root)
+    if remote:
+        dvc_sync("pull", root)
     with parent_run(Path(root), "prefect: genlab-pipeline", {"genlab.orchestrator": "prefect"}) as parent_id:
         for stage in order:
             results[stage] = run_stage(stage, root, parent_id)
+    if remote:
+        dvc_sync("push", root)
     publish_comparison(Path(root))
     return results
 

@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny CPU configuration and a hermetic copy of the project.
 
-Hermetic: MLflow's store, PREFECT_HOME and every output live under pytest's tmp path.
+Hermetic: MLflow's store, PREFECT_HOME and every output live under pytest's tmp path. The shared tiny pipeline
+(`repro`) logs to a team's setup: an MLflow tracking server on a throw-away PostgreSQL with a proxied artifact store
+(`tracking_server`; sqlite where PostgreSQL is not installed, and the server tests skip). Other pipelines in the suite
+log to sqlite, the single-user default.
 """
 
 from __future__ import annotations
@@ -9,10 +12,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests import servers
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -79,7 +86,8 @@ def make_project(tmp: Path, params: dict) -> tuple[Path, dict[str, str]]:
     """A git + DVC copy of the project under `tmp` with `params` as params.yaml, and its hermetic environment."""
     root = tmp / "project"
     root.mkdir(parents=True)
-    for name in ("dvc.yaml", ".dvcignore", "flows", "src", "data/README.md", "data/raw/README.md", ".gitignore"):
+    for name in ("dvc.yaml", ".dvcignore", "flows", "prefect.yaml", "src", "data/README.md", "data/raw/README.md",
+                 ".gitignore"):
         src = REPO / name
         dst = root / name
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +98,7 @@ def make_project(tmp: Path, params: dict) -> tuple[Path, dict[str, str]]:
     (root / ".dvc").mkdir()
     shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
     shutil.copy2(REPO / ".dvc" / ".gitignore", root / ".dvc" / ".gitignore")
+    shutil.copytree(REPO / ".dvc" / "plots", root / ".dvc" / "plots")  # the offline plots template
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = hermetic_env(tmp)
     sh(["git", "init", "-q", "-b", "main"], root, env)
@@ -98,10 +107,39 @@ def make_project(tmp: Path, params: dict) -> tuple[Path, dict[str, str]]:
     return root, env
 
 
+@dataclass(frozen=True)
+class TrackingServer:
+    uri: str  # what clients set as MLFLOW_TRACKING_URI
+    backend: str  # the server's backend store (a PostgreSQL URI)
+    artifacts: Path  # where the server writes the artifacts clients upload through it
+
+
 @pytest.fixture(scope="session")
-def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """A git + DVC copy of the project with the tiny params, and its hermetic environment."""
-    return make_project(tmp_path_factory.mktemp("genlab"), tiny_params())
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrackingServer | None]:
+    """`mlflow server` on a fresh PostgreSQL database (pytest-postgresql's executor and janitor), for the session;
+    None where PostgreSQL is not installed."""
+    if servers.pg_ctl() is None:
+        yield None
+        return
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    with servers.postgres_cluster() as pg, DatabaseJanitor(user=pg.user, host=pg.host, port=pg.port,
+                                                           dbname="mlflow", password=None):
+        backend = f"postgresql://{pg.user}@{pg.host}:{pg.port}/mlflow"
+        with servers.mlflow_server(backend, tmp / "artifacts", tmp / "server.log") as uri:
+            yield TrackingServer(uri, backend, tmp / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory, tracking_server: TrackingServer | None,
+            ) -> tuple[Path, dict[str, str]]:
+    """A git + DVC copy of the project with the tiny params, and its hermetic environment (logging to the tracking
+    server when there is one)."""
+    root, env = make_project(tmp_path_factory.mktemp("genlab"), tiny_params())
+    if tracking_server is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_server.uri
+    return root, env
 
 
 @pytest.fixture(scope="session")

@@ -116,6 +116,13 @@ def run_preset(args: argparse.Namespace) -> None:
     print(apply(args.name, args.params))
 
 
+def run_generate(args: argparse.Namespace) -> None:
+    from genlab.generate import generate
+
+    print(generate(args.model, args.n, args.seed, args.out, label=args.label, prompt=args.prompt,
+                   guidance=args.guidance, steps=args.steps))
+
+
 def run_synth(args: argparse.Namespace) -> None:
     from genlab.data import synthetic
 
@@ -145,6 +152,16 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("preset", help="switch params.yaml to a preset's whole params set (presets/NAME.yaml)")
     s.add_argument("name", choices=PRESETS)
     s.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    g = sub.add_parser("generate", help="images from a registered model (MLflow) as a grid PNG")
+    g.add_argument("--model", default="models:/genlab-ldm@champion",
+                   help="MLflow model URI, from MLFLOW_TRACKING_URI's registry (default: %(default)s)")
+    g.add_argument("--label", type=int, help="class to draw (default: 0, or ignored with --prompt)")
+    g.add_argument("--prompt", help="text prompt (text-conditional diffusion models)")
+    g.add_argument("-n", type=int, default=16, help="images (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="image i gets seed SEED + i (default: %(default)s)")
+    g.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    g.add_argument("--steps", type=int, help="sampling steps (default: the model's)")
+    g.add_argument("-o", "--out", type=Path, default=Path("grid.png"), help="PNG to write (default: %(default)s)")
     s = sub.add_parser("synth", help="write a synthetic data set in one of the formats genlab reads")
     s.add_argument("format", help="image_folder | image_folder_flat | mnist | cifar10 | npz")
     s.add_argument("out", type=Path, help="directory to write (npz: DIR/data.npz)")
@@ -163,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             run_compare(args)
-        elif args.command in ("preset", "synth"):
-            {"preset": run_preset, "synth": run_synth}[args.command](args)
+        elif args.command in ("preset", "synth", "generate"):
+            {"preset": run_preset, "synth": run_synth, "generate": run_generate}[args.command](args)
         else:
             run_stage(args.command, args.params, family=getattr(args, "family", None))
     except GenlabError as exc:

@@ -84,7 +84,7 @@ class DiffusionSampler:
                 raise GenlabError(f"{vae_dir / 'model.safetensors'}: a VAE with latents {vae_cfg['latent_shape']}, "
                                   f"but {path} was trained on latents {cfg['latent_shape']}: expected the VAE it was "
                                   f"trained with; {rerun(stage)}")
-        self.cfg, self.device = cfg, device
+        self.cfg, self.device, self.timesteps = cfg, device, cfg["timesteps"]
         self.alpha_bar = alpha_bar(cfg["timesteps"], cfg["schedule"])
         self.text = None
         self.conditioning = cfg.get("conditioning", "class")  # "none": trained on unlabelled data

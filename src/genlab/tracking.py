@@ -52,11 +52,14 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 def setup(root: Path) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
-    mlflow.set_tracking_uri(check_tracking(root))
+    uri = check_tracking(root)
+    mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is None:
-        exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").resolve().as_uri(),
-                                          tags=EXPERIMENT_TAGS)
+        # a local store keeps artifacts beside the project; a tracking server chooses (proxied: clients upload)
+        local = not uri.startswith(("http://", "https://", "databricks"))
+        location = (root / "mlartifacts").resolve().as_uri() if local else None
+        exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location, tags=EXPERIMENT_TAGS)
     else:
         exp_id = exp.experiment_id
         for key, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed

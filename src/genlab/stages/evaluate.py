@@ -127,10 +127,11 @@ def register_and_promote(ctx: Context, mlrun: StageRun, diffusion: dict[str, Dif
                 example["prompt"] = [sources.heldout_prompts(manifest["source"], int(y), names)[0]
                                      for y in example["label"]]
             images = samples[family]["images"][:2].numpy()
-            params = {"guidance_scale": settings["guidance_scale"], "sample_steps": settings["steps"]} \
+            # steps as a float in the signature: MLflow would round 2.5 to 2 before `predict` could refuse it
+            params = {"guidance_scale": settings["guidance_scale"], "sample_steps": float(settings["steps"])} \
                 if family in diffusion else None
             ref = mlrun.log_model(family, f"genlab-{family}", model_files(ctx, family, Path(tmp)), example,
-                                  images, params, settings,
+                                  images, params, {**settings, "num_classes": int(manifest["num_classes"])},
                                   tags={"family": family, **{k: str(v) for k, v in settings.items()}})
             decisions[family] = {**ref, **promote_if_better(ref, results[family]["fid"], protocol)}
     return decisions

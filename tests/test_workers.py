@@ -1,0 +1,191 @@
+"""A team's Prefect setup on localhost: a Prefect server, prefect.yaml deployed to a process work pool, and two
+workers, each in its own clone, sharing only a git remote (a bare repository), a DVC remote (a directory), the
+MLflow tracking server and the Prefect API.
+
+The base run is the suite's tiny pipeline (`repro`): its outputs are pushed to the DVC remote and its dvc.lock to
+git, as a team would after a run. Then the nightly deployment runs on a worker, and a 2-point sweep runs one point
+on each worker at the same time, re-running only what its override touches; the points' experiments meet in
+`dvc exp show` and in MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import BIN, sh
+from tests.servers import free_port
+
+GRID = {"ldm.guidance_scale": [1.5, 3.0]}
+
+
+@dataclass
+class Team:
+    publisher: Path  # the clone that pushed the base run and starts sweeps
+    clones: dict[str, Path]  # worker name -> its own clone
+    env: dict[str, str]  # what every machine shares: PREFECT_API_URL, MLFLOW_TRACKING_URI
+    logs: Path
+
+
+def uncached_outputs(root: Path) -> list[str]:
+    """dvc.yaml's outputs with `cache: false` (metrics, plots, reports)."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
+    return [path for stage in stages for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])
+            if isinstance(out, dict) for path, opts in out.items() if (opts or {}).get("cache") is False]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                return
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def team(repro: tuple[Path, dict[str, str], str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Team]:
+    root, env = repro[0], dict(repro[1])
+    tmp = tmp_path_factory.mktemp("team")
+    logs = tmp / "logs"
+    logs.mkdir()
+    origin, remote, publisher = tmp / "origin.git", tmp / "dvc-remote", tmp / "publisher"
+    # the base run, published: its outputs to the DVC remote, its dvc.lock and the remote's config to git
+    sh(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp, env)
+    sh(["git", "clone", "-q", str(root), str(publisher)], tmp, env)
+    for path in ("dvc.lock", *uncached_outputs(root)):  # DVC's convention: what it does not cache lives in git
+        (publisher / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / path, publisher / path)
+    sh(["dvc", "remote", "add", "-d", "storage", str(remote)], publisher, env)  # absolute: DVC keeps it as given
+    sh(["dvc", "cache", "dir", "--local", str(root / ".dvc" / "cache")], publisher, env)
+    sh(["dvc", "push", "-q"], publisher, env)
+    sh(["dvc", "cache", "dir", "--local", "--unset"], publisher, env)
+    sh(["git", "add", "dvc.lock", ".dvc/config", *uncached_outputs(root)], publisher, env)
+    sh(["git", "commit", "-q", "-m", "base run: dvc.lock; DVC remote"], publisher, env)
+    sh(["git", "remote", "set-url", "origin", str(origin)], publisher, env)
+    sh(["git", "push", "-q", "origin", "main"], publisher, env)
+    clones = {name: tmp / f"clone-{name}" for name in ("a", "b")}
+    for clone in clones.values():
+        sh(["git", "clone", "-q", str(origin), str(clone)], tmp, env)
+
+    port = free_port()
+    shared = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_HOME": str(tmp / "prefect"),
+              "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    shared.pop("GENLAB_CLONE", None)
+    procs = []
+    try:
+        server_log = logs / "server.log"
+        with server_log.open("wb") as out:
+            procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                           str(port), "--analytics-off"], env=shared, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+        _wait_http(f"http://127.0.0.1:{port}/api/health", procs[0], server_log)
+        # what `make deploy` runs
+        sh([str(BIN / "prefect"), "work-pool", "create", "genlab", "--type", "process"], publisher, shared)
+        sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], publisher, shared)
+        for name, clone in clones.items():  # what `make worker` runs, in each clone
+            log = logs / f"worker-{name}.log"
+            with log.open("wb") as out:
+                procs.append(subprocess.Popen(
+                    [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
+                     "--name", f"worker-{name}"], cwd=clone, env={**shared, "GENLAB_CLONE": str(clone)},
+                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+        yield Team(publisher, clones, shared, logs)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _client(team: Team):  # noqa: ANN202
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(temporary_settings(updates={PREFECT_API_URL: team.env["PREFECT_API_URL"]}))
+    client = stack.enter_context(get_client(sync_client=True))
+    return stack, client
+
+
+def test_nightly_deployment_runs_on_a_worker_in_its_clone(team: Team) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tests.test_schedule import wait_for_logs
+
+    out = sh([str(BIN / "prefect"), "deployment", "run", "genlab-pipeline/nightly", "--watch",
+              "--watch-timeout", "600"], team.publisher, team.env, check=False)
+    stack, client = _client(team)
+    with stack:
+        [run] = [r for r in client.read_flow_runs() if not r.state.is_scheduled()]  # the cron's next runs wait
+        logs = wait_for_logs(client, run, "stage evaluate ")
+        artifacts = {a.key for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+        deployment = client.read_deployment(run.deployment_id)
+    assert run.state.is_completed(), f"{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 3 * * *"]
+    # it ran in one worker's clone, with the base outputs pulled from the DVC remote: every stage up to date
+    ran_in = [c for c in team.clones.values() if (c / "models" / "ldm" / "model.safetensors").is_file()]
+    assert len(ran_in) == 1
+    assert any(m.startswith("dvc pull: ") for m in logs)
+    for stage in ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "evaluate"):
+        assert any(m.startswith(f"stage {stage} skipped") for m in logs), stage
+    assert {"genlab-comparison", "genlab-comparison-report"} <= artifacts
+
+
+def test_sweep_runs_one_point_per_worker_at_once(team: Team) -> None:
+    proc = subprocess.run([str(BIN / "python"), "flows/sweep.py", json.dumps(GRID)], cwd=team.publisher,
+                          env=team.env, capture_output=True, text=True, timeout=900)
+    logs = "\n".join(p.read_text()[-1500:] for p in team.logs.glob("worker-*.log"))
+    assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}\n{logs}"
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert [json.loads(r["overrides"]) for r in results] == [{"ldm.guidance_scale": v} for v in GRID[
+        "ldm.guidance_scale"]]
+    assert {r["state"] for r in results} == {"Completed"}
+    assert {r["worker_clone"] for r in results} == {str(c) for c in team.clones.values()}  # one per worker
+    for r in results:  # the base outputs came from the DVC remote: only what the override touches re-ran
+        assert r["stages_run"] == "sample_ldm, evaluate", r
+    stack, client = _client(team)
+    with stack:
+        runs = [client.read_flow_run(r["flow_run_id"]) for r in results]
+    a, b = sorted(runs, key=lambda r: r.start_time)
+    assert b.start_time < a.end_time  # the two points ran at the same time (concurrency limit 2, one per worker)
+
+    # the points' experiments meet in `dvc exp show`, in any clone, through the git remote
+    names = [r["experiment"] for r in results]
+    for name in names:
+        sh(["dvc", "exp", "pull", "origin", name], team.publisher, team.env)
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], team.publisher, team.env).stdout)
+    exps = {rev["name"]: rev for base in shown for exp in (base.get("experiments") or []) for rev in exp["revs"]}
+    assert set(names) <= set(exps)
+    for name, value in zip(names, GRID["ldm.guidance_scale"], strict=True):
+        params = exps[name]["data"]["params"]["params.yaml"]["data"]
+        assert params["ldm"]["guidance_scale"] == value
+
+    # and in MLflow: each point's evaluate run, with its guidance scale, on the shared tracking server
+    mlflow.set_tracking_uri(team.env["MLFLOW_TRACKING_URI"])
+    evaluated = mlflow.search_runs(experiment_names=["genlab"], filter_string="tags.`genlab.stage` = 'evaluate'",
+                                   output_format="list")
+    scales = {r.data.metrics.get("ldm_guidance_scale") for r in evaluated}
+    assert {1.5, 3.0} <= scales, scales
