@@ -41,11 +41,9 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     stage with `dist.nproc_per_node` > 1 under torchrun, unless this process is already one of its ranks."""
     params = load_params(params_path)
     check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
-    policy = choose_wait_policy()  # before torch loads libgomp
+    choose_wait_policy()  # before torch loads libgomp; the stage's MLflow run records the policy in force
     if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return launch(stage, params_path, params.dist.nproc_per_node)
-    import torch
-
     from genlab.compute import configure
     from genlab.device import resolve
     from genlab.distributed import join, leave
@@ -61,8 +59,6 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed
         deterministic(ctx.device)
         configure(ctx.device, params.compute)
-        logging.getLogger("genlab").info("%s: %d CPU threads, OpenMP wait policy %s", stage, torch.get_num_threads(),
-                                         policy)
         module = importlib.import_module(f"genlab.stages.{stage}")
         extra = (family,) if stage == "sample" else ()  # one family per sample stage
         return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx, *extra)
