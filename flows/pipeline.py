@@ -57,18 +57,26 @@ def stage_order(root: Path) -> list[str]:
         return [s.name for s in ordered]
 
 
+def output_tail(proc: subprocess.CompletedProcess, lines: int = 20) -> str:
+    return "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-lines:])
+
+
+def sh(args: list[str], root: str | Path, **env: str) -> subprocess.CompletedProcess:
+    """`args` in `root`, the venv's bin first on PATH (dvc, git), `env` added; a failure raises RuntimeError with the
+    command, its exit status and the last lines of its output."""
+    full = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env}
+    proc = subprocess.run(args, cwd=root, env=full, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}) in {root}:\n{output_tail(proc)}")
+    return proc
+
+
 @task(retries=2, retry_delay_seconds=10, task_run_name="dvc repro {stage}")
 def run_stage(stage: str, root: str, parent_run_id: str) -> str:
     """`dvc repro --single-item <stage>`; returns "ran" or "skipped" (DVC found it up to date)."""
-    logger = get_run_logger()
-    env = {**os.environ, "GENLAB_PARENT_RUN_ID": parent_run_id, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run([str(BIN / "dvc"), "repro", "--single-item", stage], cwd=root, env=env,
-                          capture_output=True, text=True)
-    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"dvc repro {stage} failed (exit {proc.returncode}):\n{tail}")
+    proc = sh(["dvc", "repro", "--single-item", stage], root, GENLAB_PARENT_RUN_ID=parent_run_id)
     status = "skipped" if "didn't change, skipping" in proc.stdout else "ran"
-    logger.info("stage %s %s\n%s", stage, status, tail)
+    get_run_logger().info("stage %s %s\n%s", stage, status, output_tail(proc))
     return status
 
 
@@ -82,11 +90,7 @@ def default_remote(root: str) -> str | None:
 def dvc_sync(command: str, root: str) -> None:
     """With a default DVC remote (the team's shared store): `pull` the outputs other machines pushed before the
     stages run, so only what changed re-runs here; `push` this run's outputs after, for the others."""
-    args = [str(BIN / "dvc"), command] + (["--allow-missing"] if command == "pull" else [])
-    proc = subprocess.run(args, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
-        raise RuntimeError(f"dvc {command} failed (exit {proc.returncode}):\n{tail}")
+    proc = sh(["dvc", command] + (["--allow-missing"] if command == "pull" else []), root)
     get_run_logger().info("dvc %s: %s", command, (proc.stdout.strip().splitlines() or ["done"])[-1])
 
 

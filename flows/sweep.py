@@ -18,17 +18,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import BIN, sh  # flows/ is on sys.path: Prefect adds a flow file's folder, and so does `python flows/…`
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 
 ROOT = Path(__file__).resolve().parents[1]  # the worker's clone: the flow's code is loaded from it
-BIN = Path(sys.executable).parent
 POINT_DEPLOYMENT = "genlab-sweep-point/point"
 
 
@@ -47,15 +46,6 @@ def point_name(overrides: dict[str, object]) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:100]
 
 
-def sh(args: list[str], root: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-20:])
-        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}) in {root}:\n{tail}")
-    return proc.stdout
-
-
 @task(task_run_name="dvc exp run {name}")
 def run_point(root: str, base_rev: str, overrides: dict[str, object], name: str) -> dict:
     """In this worker's clone: the base commit, the base outputs from the DVC remote, the experiment, its push."""
@@ -66,7 +56,7 @@ def run_point(root: str, base_rev: str, overrides: dict[str, object], name: str)
     pulled = subprocess.run([str(BIN / "dvc"), "pull", "--allow-missing"], cwd=here, capture_output=True, text=True)
     logger.info("dvc pull (base outputs): exit %d", pulled.returncode)
     sets = [arg for k, v in overrides.items() for arg in ("-S", f"{k}={json.dumps(v)}")]
-    out = sh(["dvc", "exp", "run", "-n", name, *sets], here)
+    out = sh(["dvc", "exp", "run", "-n", name, *sets], here).stdout
     ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage '")]
     logger.info("experiment %s ran %s", name, ", ".join(ran) or "nothing")
     sh(["dvc", "exp", "push", "origin", name], here)  # its git ref, and its outputs to the default DVC remote
@@ -88,7 +78,7 @@ def sweep(grid: dict[str, list], base_rev: str = "HEAD") -> list[dict]:
     for all, and publish their results as a table artifact. `base_rev`: the commit every point starts from (resolved
     in this clone, so every worker uses the same one)."""
     logger = get_run_logger()
-    rev = sh(["git", "rev-parse", base_rev], ROOT).strip()
+    rev = sh(["git", "rev-parse", base_rev], ROOT).stdout.strip()
     todo = points(grid)
     logger.info("%d points from %s at %s", len(todo), grid, rev[:12])
     runs = [run_deployment(POINT_DEPLOYMENT, parameters={"overrides": p, "base_rev": rev, "name": point_name(p)},

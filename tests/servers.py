@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -31,9 +32,39 @@ def pg_ctl() -> str | None:
 
 
 def free_port() -> int:
+    """A port nothing listens on (the OS's pick, released)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def started(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> Iterator[subprocess.Popen]:
+    """`cmd` as a process group of its own, its output in `log`; stopped on exit (SIGTERM, SIGKILL after 30 s)."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Until `url` answers 200; fails with the end of `log` if `proc` exits first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError):
+            if urllib.request.urlopen(url, timeout=2).status == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{url} did not answer: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -70,20 +101,7 @@ def mlflow_server(backend_uri: str, artifacts: Path, log: Path) -> Iterator[str]
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", backend_uri, "--artifacts-destination",
            str(artifacts), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    with log.open("wb") as out:
-        server = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(OSError):
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.5)
+    with started(cmd, log, env) as server:
+        wait_http(f"{uri}/health", server, log, timeout=90)
         yield uri
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, 15)
-        server.wait(timeout=30)

@@ -29,16 +29,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import REPO, hermetic_env
+from tests.servers import free_port
 
 DEPLOYMENT = "genlab-schedule-test"
 RUN_DEADLINE_S = 240  # server start-up + the next minute boundary + the runner's poll + a flow run of skips
-
-
-def closed_port() -> int:
-    """A port nothing listens on (the OS's pick, released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(log: Path, n: int = 40) -> str:
@@ -72,7 +66,7 @@ def wait_for_scheduled_run(client: SyncPrefectClient, serve: subprocess.Popen, l
 
 def test_cron_schedule_triggers_a_completed_run(repro: tuple[Path, dict[str, str], str], tmp_path: Path) -> None:
     root, env = repro[0], repro[1]
-    port = closed_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**env,
            "PREFECT_HOME": str(tmp_path / "prefect"),  # a fresh server database
@@ -140,7 +134,7 @@ def test_cron_schedule_triggers_a_completed_run(repro: tuple[Path, dict[str, str
 
 
 def test_unreachable_prefect_api_url_is_one_clear_error(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{closed_port()}/api"
+    url = f"http://127.0.0.1:{free_port()}/api"
     env = {**hermetic_env(tmp_path), "PREFECT_API_URL": url}
     start = time.monotonic()
     proc = subprocess.run([sys.executable, str(REPO / "flows" / "pipeline.py"), "--serve", "--cron", "* * * * *"],

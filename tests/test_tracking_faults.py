@@ -22,14 +22,9 @@ from genlab import tracking
 from genlab.errors import GenlabError
 from genlab.preflight import HTTP_DEFAULTS, PREFLIGHT_TIMEOUT_S, check_tracking
 from tests.conftest import BIN, hermetic_env, tiny_params
+from tests.servers import free_port
 
 LIMIT_S = 10.0
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()
@@ -88,7 +83,7 @@ def assert_one_line_failure(proc: subprocess.CompletedProcess, elapsed: float, r
 
 @pytest.mark.parametrize("stage", ["train_evaluator", "prepare"])
 def test_closed_port_fails_fast_with_one_line(tmp_path: Path, stage: str) -> None:
-    uri = f"http://127.0.0.1:{closed_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     proc, elapsed, root = run_stage(tmp_path, uri, stage)
     print(f"closed port, genlab {stage}: exit {proc.returncode} after {elapsed:.2f} s")
     assert_one_line_failure(proc, elapsed, root, uri)

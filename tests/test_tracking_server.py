@@ -6,9 +6,6 @@ directory, through `mlflow models serve` of the champion LDM from the server's r
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -80,19 +77,9 @@ def test_served_champion_answers_like_the_sample_stage(repro: tuple[Path, dict[s
     log = tmp_path / "serve.log"
     cmd = [str(BIN / "mlflow"), "models", "serve", "-m", "models:/genlab-ldm@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/ping", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
+    with servers.started(cmd, log, env, cwd=root) as proc:
+        servers.wait_http(f"{url}/ping", proc, log, timeout=180)
         s = load_file(str(root / "samples" / "ldm.safetensors"))
         pick = [0, 13, 39]
         rows = [[int(s["labels"][i]), int(s["seeds"][i])] for i in pick]
@@ -116,9 +103,6 @@ def test_served_champion_answers_like_the_sample_stage(repro: tuple[Path, dict[s
             status, answer = _post(f"{url}/invocations", {"dataframe_split": split, **({"params": params} if params
                                                                                        else {})})
             assert 400 <= status < 500 and says in answer["message"], (name, status, answer)
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=60)
 
 
 def test_generate_writes_the_served_images_as_a_grid(repro: tuple[Path, dict[str, str], str],

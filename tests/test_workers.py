@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import mlflow
 import pytest
 import yaml
 
 from tests.conftest import BIN, sh
-from tests.servers import free_port
+from tests.servers import free_port, started, wait_http
 
 GRID = {"ldm.guidance_scale": [1.5, 2.5]}  # neither is the base run's value (2.0, or 3.0 after test_pipeline)
 
@@ -44,26 +40,6 @@ def uncached_outputs(root: Path) -> list[str]:
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values()
     return [path for stage in stages for kind in ("outs", "metrics", "plots") for out in stage.get(kind, [])
             if isinstance(out, dict) for path, opts in out.items() if (opts or {}).get("cache") is False]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                return
-        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.5)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -97,28 +73,20 @@ def team(repro: tuple[Path, dict[str, str], str], tmp_path_factory: pytest.TempP
     shared = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_HOME": str(tmp / "prefect"),
               "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
     shared.pop("GENLAB_CLONE", None)
-    procs = []
-    try:
+    with contextlib.ExitStack() as running:  # stopped in reverse: the workers, then the server
         server_log = logs / "server.log"
-        with server_log.open("wb") as out:
-            procs.append(subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                           str(port), "--analytics-off"], env=shared, stdout=out,
-                                          stderr=subprocess.STDOUT, start_new_session=True))
-        _wait_http(f"http://127.0.0.1:{port}/api/health", procs[0], server_log)
+        server = running.enter_context(started([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                                                "--port", str(port), "--analytics-off"], server_log, shared))
+        wait_http(f"http://127.0.0.1:{port}/api/health", server, server_log)
         # what `make deploy` runs
         sh([str(BIN / "prefect"), "work-pool", "create", "genlab", "--type", "process"], publisher, shared)
         sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], publisher, shared)
         for name, clone in clones.items():  # what `make worker` runs, in each clone
-            log = logs / f"worker-{name}.log"
-            with log.open("wb") as out:
-                procs.append(subprocess.Popen(
-                    [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
-                     "--name", f"worker-{name}"], cwd=clone, env={**shared, "GENLAB_CLONE": str(clone)},
-                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True))
+            running.enter_context(started(
+                [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
+                 "--name", f"worker-{name}"], logs / f"worker-{name}.log", {**shared, "GENLAB_CLONE": str(clone)},
+                cwd=clone))
         yield Team(publisher, clones, shared, logs)
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
 
 
 def _client(team: Team):  # noqa: ANN202

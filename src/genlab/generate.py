@@ -1,8 +1,8 @@
 """`genlab generate`: images from a registered model, for people (the served model's `predict`, as a PNG grid).
 
 The model loads through MLflow (`models:/genlab-ldm@champion` from MLFLOW_TRACKING_URI's registry, or any model
-URI), so the images are the ones `mlflow models serve` answers for the same rows: image i is drawn from
-(label, SEED + i), with the same checks (serving.check_request) and the same one-line refusals.
+URI) and runs what its `predict` runs, so the images are the ones `mlflow models serve` answers for the same rows:
+image i is drawn from (label, SEED + i), with the same checks (serving.check_request) and the same one-line refusals.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from genlab.errors import GenlabError
 from genlab.images import save_grid
@@ -35,12 +34,11 @@ def generate(model_uri: str, n: int, seed: int, out: Path, *, label: int | None 
         model = mlflow.pyfunc.load_model(model_uri)
     except MlflowException as e:  # an unknown model, version or alias: MLflow's own message
         raise GenlabError(f"{model_uri}: {e.message.splitlines()[0]}") from None
-    served = model.unwrap_python_model()
-    try:  # the served model's own checks, with their messages
-        check_request(rows, params, served.sampler, served.num_classes, served.defaults)
+    served = model.unwrap_python_model()  # what `predict` runs: its checks, then its sampler
+    try:
+        labels, seeds, kwargs = check_request(rows, params, served.sampler, served.num_classes, served.defaults)
     except BadRequest as e:
         raise GenlabError(f"{model_uri}: {e}") from None
-    images = model.predict(rows, params=params or None)
-    save_grid(torch.from_numpy(images), out)
+    save_grid(served.sampler(labels, seeds, **kwargs), out)
     what = f"prompt {prompt!r}" if prompt is not None else f"label {rows['label'][0]}"
     return f"wrote {out}: {n} images from {model_uri}, {what}, seeds {seed}..{seed + n - 1}"

@@ -40,6 +40,11 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
+def uri_scheme(uri: str) -> str:
+    """A tracking URI's scheme in lower case ("" for a plain path)."""
+    return uri.split(":", 1)[0].lower() if ":" in uri else ""
+
+
 def check_tracking(root: Path) -> str:
     """Fail fast, with one line naming the URI, when the tracking store cannot be reached; return the URI.
 
@@ -47,7 +52,7 @@ def check_tracking(root: Path) -> str:
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
     uri = tracking_uri(root)
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    scheme = uri_scheme(uri)
     if scheme in ("http", "https"):
         _check_server(uri)
     elif scheme in ("sqlite", "file", ""):

@@ -37,7 +37,7 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from genlab.preflight import check_tracking
+from genlab.preflight import check_tracking, uri_scheme
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def setup(root: Path) -> str:
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is None:
         # a local store keeps artifacts beside the project; a tracking server chooses (proxied: clients upload)
-        local = not uri.startswith(("http://", "https://", "databricks"))
+        local = not uri_scheme(uri).startswith(("http", "databricks"))
         location = (root / "mlartifacts").resolve().as_uri() if local else None
         exp_id = mlflow.create_experiment(EXPERIMENT, artifact_location=location, tags=EXPERIMENT_TAGS)
     else:

@@ -89,12 +89,12 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
     if not ctx.world.main:
         return contextlib.nullcontext(RankRun())
     source = dataset_source(ctx.paths.prepared / "manifest.json")
-    policy = os.environ.get("OMP_WAIT_POLICY", "default")
-    log.info("%s: %d CPU threads, OpenMP wait policy %s", stage, torch.get_num_threads(), policy)
+    threads, policy = torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "default")
+    log.info("%s: %d CPU threads, OpenMP wait policy %s", stage, threads, policy)
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
                                                       "world_size": ctx.world.size, **flatten(ctx.compute, "compute."),
                                                       **flatten(cfg, "cfg.")},
-                              {"genlab.data_hash": data_hash, "genlab.torch_threads": str(torch.get_num_threads()),
+                              {"genlab.data_hash": data_hash, "genlab.torch_threads": str(threads),
                                "genlab.omp_wait_policy": policy},
                               resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
