@@ -80,16 +80,21 @@ prefect-server: $(VENV)/.stamp-base
 	prefect server start --host $(PREFECT_HOST) --port $(PREFECT_PORT) --analytics-off
 
 ## deploy: prefect.yaml's deployments to the server PREFECT_API_URL names (the nightly pipeline; sweep points),
-## creating the `genlab` process work pool if it is missing
+## creating the `genlab` process work pool if it is missing, and the automation that marks a flow run Crashed when
+## its heartbeats stop (its machine died: flows/crashed_runs.py)
+HEARTBEAT ?= 60
 deploy: $(VENV)/.stamp-base
 	@test -n "$$PREFECT_API_URL" || { echo "make deploy: set PREFECT_API_URL to the Prefect server's API" >&2; exit 2; }
 	prefect work-pool inspect genlab >/dev/null 2>&1 || prefect work-pool create genlab --type process
 	env -u GENLAB_CLONE prefect --no-prompt deploy --all
+	$(PY) flows/crashed_runs.py --heartbeat $(HEARTBEAT)
 
-## worker: a Prefect worker of the `genlab` pool that runs flows in this clone, one at a time
+## worker: a Prefect worker of the `genlab` pool that runs flows in this clone, one at a time; its flow runs send a
+## heartbeat every HEARTBEAT seconds
 worker: $(VENV)/.stamp-base
 	@test -n "$$PREFECT_API_URL" || { echo "make worker: set PREFECT_API_URL to the Prefect server's API" >&2; exit 2; }
-	GENLAB_CLONE=$(CURDIR) prefect worker start --pool genlab --type process --limit 1
+	GENLAB_CLONE=$(CURDIR) PREFECT_FLOWS_HEARTBEAT_FREQUENCY=$(HEARTBEAT) \
+	  prefect worker start --pool genlab --type process --limit 1
 
 ## ui: the MLflow UI over the project's store
 ## (MLflow 3's UI opens an experiment on its GenAI page in a fresh browser; the link below opens the training runs)

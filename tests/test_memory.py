@@ -73,3 +73,38 @@ def test_fixed_threshold_keeps_batch_sized_blocks_off_the_heap() -> None:
 def test_streaming_pass_keeps_rss_flat() -> None:
     growth = [run(LOOP) for _ in range(2)]
     assert max(growth) < 40, f"RSS grew {growth} MB over the pass with the threshold fixed"
+
+
+STEPS = """
+import ctypes
+from genlab.memory import fix_mmap_threshold, heap_for_steps
+assert fix_mmap_threshold()
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.mallinfo2.restype = MallInfo2
+
+def mapped() -> int:  # 1: a new 8 MB block (a training activation) is a fresh mapping; 0: it came from the heap
+    before = libc.mallinfo2().hblkhd
+    libc.malloc(8 << 20)
+    return int(libc.mallinfo2().hblkhd - before >= 8 << 20)
+
+seen = [mapped()]
+with heap_for_steps():
+    seen.append(mapped())
+    with heap_for_steps():  # a sampler inside a training loop
+        seen.append(mapped())
+    seen.append(mapped())  # the inner loop's end leaves the outer one's setting
+seen.append(mapped())
+print("".join(map(str, seen)))
+"""
+
+
+@pytest.mark.skipif(not fix_mmap_threshold(), reason="no glibc")
+def test_loops_of_steps_take_their_blocks_from_the_heap_and_streaming_passes_do_not() -> None:
+    out = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "10001"

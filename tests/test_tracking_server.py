@@ -58,6 +58,10 @@ def test_artifacts_are_uploaded_through_the_server(repro: tuple[Path, dict[str, 
     assert uris and all(u.startswith("mlflow-artifacts:/") for u in uris)  # no client writes to a local path
     models = list(tracking_server.artifacts.rglob("MLmodel"))
     assert len(models) >= len(FAMILIES)
+    # every training stage shared its checkpoints through the server while it ran, and dropped them when it finished
+    assert not list(tracking_server.artifacts.rglob("train_state/*.pt"))
+    shared = _query(tracking_server, "select count(*) from tags where position('genlab.train_state.' in key) = 1")[0][0]
+    assert shared == 0
     assert list(tracking_server.artifacts.rglob("model.safetensors"))
 
 
@@ -122,3 +126,40 @@ def test_generate_writes_the_served_images_as_a_grid(repro: tuple[Path, dict[str
     assert refused.returncode == 2 and not (tmp_path / "x.png").exists()
     assert refused.stderr.strip().splitlines() == [
         "genlab: error: models:/genlab-ldm@champion: `label` 12: unknown, expected 0 to 9"]
+
+
+def test_a_training_state_shared_on_the_server_is_fetched_by_its_fingerprint_only(
+        tracking_server: TrackingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lets a stage killed on one machine resume on another: the checkpoint goes to its (unfinished) run on the
+    server; another project fetches it for the same fingerprint only, and not once the run has finished."""
+    import mlflow
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from genlab import tracking
+    from genlab.checkpoint import save_train_state
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.uri)
+    a, b = tmp_path / "machine-a", tmp_path / "machine-b"
+    exp_id = tracking.setup(a)
+    client = MlflowClient()
+    run_id = client.create_run(exp_id, run_name="train_test", tags={"genlab.stage": "train_test"}).info.run_id
+    fp = "f" * 64
+    ckpt = a / "checkpoints" / "train_test.pt"
+    save_train_state({"fingerprint": fp, "mlflow_run_id": run_id, "step": 3, "w": torch.arange(5.0)}, ckpt)
+    tracking.share_train_state(run_id, ckpt, fp)
+
+    fetched = b / "checkpoints" / "train_test.pt"
+    assert tracking.fetch_train_state(b, fetched, "e" * 64) is None and not fetched.exists()  # other params
+    assert tracking.fetch_train_state(b, fetched, fp) == run_id
+    assert fetched.read_bytes() == ckpt.read_bytes()
+    assert tracking.fetch_train_state(b, fetched, fp) is None  # it has its own now
+    assert not [p for p in fetched.parent.iterdir() if p != fetched]  # no download folder left
+
+    client.set_terminated(run_id, "FINISHED")  # a finished run's state is never resumed
+    assert tracking.fetch_train_state(tmp_path / "machine-c", tmp_path / "machine-c" / "checkpoints" /
+                                      "train_test.pt", fp) is None
+    tracking.drop_train_state(run_id, ckpt)
+    assert not client.list_artifacts(run_id, tracking.TRAIN_STATE_DIR)
+    assert "genlab.train_state.train_test" not in client.get_run(run_id).data.tags
+    assert mlflow.get_tracking_uri() == tracking_server.uri

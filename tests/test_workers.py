@@ -13,18 +13,24 @@ import contextlib
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import BIN, sh
 from tests.servers import free_port, started, wait_http
 
 GRID = {"ldm.guidance_scale": [1.5, 2.5]}  # neither is the base run's value (2.0, or 3.0 after test_pipeline)
+HEARTBEAT_S = 30  # Prefect's shortest heartbeat interval: a flow run on a dead machine is Crashed after 2 missed
+# the dead-machine test's point: a GAN long enough to be killed mid-stage, its training state shared every 2,048 images
+LONG_GAN = {"gan.train_images": 24576, "gan.checkpoint_every_images": 2048, "gan.fid_every_images": 12288}
 
 
 @dataclass
@@ -33,6 +39,7 @@ class Team:
     clones: dict[str, Path]  # worker name -> its own clone
     env: dict[str, str]  # what every machine shares: PREFECT_API_URL, MLFLOW_TRACKING_URI
     logs: Path
+    workers: dict[str, subprocess.Popen]  # worker name -> its process (the test of a dead machine kills one)
 
 
 def uncached_outputs(root: Path) -> list[str]:
@@ -81,12 +88,14 @@ def team(repro: tuple[Path, dict[str, str], str], tmp_path_factory: pytest.TempP
         # what `make deploy` runs
         sh([str(BIN / "prefect"), "work-pool", "create", "genlab", "--type", "process"], publisher, shared)
         sh([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], publisher, shared)
-        for name, clone in clones.items():  # what `make worker` runs, in each clone
-            running.enter_context(started(
-                [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
-                 "--name", f"worker-{name}"], logs / f"worker-{name}.log", {**shared, "GENLAB_CLONE": str(clone)},
-                cwd=clone))
-        yield Team(publisher, clones, shared, logs)
+        sh([str(BIN / "python"), "flows/crashed_runs.py", "--heartbeat", str(HEARTBEAT_S), "--missed", "2"],
+           publisher, shared)
+        workers = {name: running.enter_context(started(  # what `make worker` runs, in each clone
+            [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
+             "--name", f"worker-{name}"], logs / f"worker-{name}.log",
+            {**shared, "GENLAB_CLONE": str(clone), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}, cwd=clone))
+            for name, clone in clones.items()}
+        yield Team(publisher, clones, shared, logs, workers)
 
 
 def _client(team: Team):  # noqa: ANN202
@@ -159,3 +168,71 @@ def test_sweep_runs_one_point_per_worker_at_once(team: Team) -> None:
                                    output_format="list")
     scales = {r.data.metrics.get("ldm_guidance_scale") for r in evaluated}
     assert set(GRID["ldm.guidance_scale"]) <= scales, scales
+
+
+def kill_machine(worker: subprocess.Popen) -> None:
+    """What a machine's death does to a worker: it and every process it started (the flow run, DVC, the stage) die
+    at once, and nothing reports to Prefect."""
+    tree = psutil.Process(worker.pid)
+    for proc in [tree, *tree.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    worker.wait()
+
+
+def gan_runs(team: Team) -> list:
+    mlflow.set_tracking_uri(team.env["MLFLOW_TRACKING_URI"])
+    return mlflow.search_runs(experiment_names=["genlab"], output_format="list", filter_string=(
+        f"tags.`genlab.stage` = 'train_gan' and params.`cfg.train_images` = '{LONG_GAN['gan.train_images']}'"))
+
+
+@pytest.mark.slow
+def test_a_dead_workers_run_is_crashed_and_resumes_on_another_worker(team: Team) -> None:
+    """A worker's machine dies mid-stage: the flow run is marked Crashed (its heartbeats stopped), `prefect flow-run
+    retry` runs it again on the other worker, whose stage resumes from the training state the dead one shared on the
+    tracking server, in the same MLflow run, and ends with the same bytes as a run never interrupted."""
+    from prefect.deployments import run_deployment
+
+    rev = sh(["git", "rev-parse", "HEAD"], team.publisher, team.env).stdout.strip()
+    stack, client = _client(team)
+    with stack:
+        submitted = run_deployment("genlab-sweep-point/point", timeout=0, parameters={
+            "overrides": LONG_GAN, "base_rev": rev, "name": "long-gan"})
+        deadline = time.monotonic() + 600
+        while not any(r.data.tags.get("genlab.train_state.train_gan") for r in gan_runs(team)):  # a shared state
+            assert time.monotonic() < deadline, "no shared GAN training state in time"
+            time.sleep(0.5)
+        [first] = [c for c in team.clones.values() if (c / "checkpoints" / "train_gan.pt").is_file()]
+        dead = next(n for n, c in team.clones.items() if c == first)
+        kill_machine(team.workers[dead])
+        [killed_run] = gan_runs(team)
+
+        while (run := client.read_flow_run(submitted.id)).state.type.value != "CRASHED":
+            assert not run.state.is_final(), f"the dead worker's run ended {run.state.type.value}, not CRASHED"
+            assert time.monotonic() < deadline, "the dead worker's run was not marked Crashed in time"
+            time.sleep(2)
+        assert "no heartbeat" in run.state.message
+        sh([str(BIN / "prefect"), "flow-run", "retry", str(submitted.id)], team.publisher, team.env)
+        while not (run := client.read_flow_run(submitted.id)).state.is_final() or run.state.is_crashed():
+            assert time.monotonic() < deadline, "the retried run did not finish in time"
+            time.sleep(2)
+    assert run.state.is_completed(), run.state.message
+    alive = next(c for n, c in team.clones.items() if n != dead)
+    # one MLflow run for the stage, continued on the other machine; its shared state dropped once it finished
+    [resumed] = gan_runs(team)
+    assert resumed.info.run_id == killed_run.info.run_id
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["genlab.resumes"] == "1"
+    assert "genlab.train_state.train_gan" not in resumed.data.tags
+    assert not MlflowClient().list_artifacts(resumed.info.run_id, "train_state")
+    steps = [m.step for m in MlflowClient().get_metric_history(resumed.info.run_id, "loss_d")]
+    assert steps == sorted(set(steps)) and steps[-1] == LONG_GAN["gan.train_images"]  # each step logged once
+    state = json.loads((alive / "metrics" / "train_gan.json").read_text())
+    assert state["images_seen"] == LONG_GAN["gan.train_images"]
+
+    # the reproducibility guarantee across machines: the same bytes as the stage run start to end in one process
+    sh(["dvc", "pull", "-q", "--allow-missing"], team.publisher, team.env)
+    sets = [arg for k, v in LONG_GAN.items() for arg in ("-S", f"{k}={v}")]
+    sh(["dvc", "exp", "run", "train_gan", *sets], team.publisher, team.env)
+    for name in ("model.safetensors", "train_state.pt"):
+        assert (alive / "models" / "gan" / name).read_bytes() == (team.publisher / "models" / "gan" / name
+                                                                   ).read_bytes(), name

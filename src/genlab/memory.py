@@ -6,21 +6,52 @@ batch-sized buffers of a streaming pass (a 32-image float batch at 64 px is 1.5 
 between small long-lived allocations (each batch's features), and the freed holes are not reused well enough.
 Measured: extracting evaluator features of 98,000 64-px images grew RSS by ~60 KB per image, 6 GB in all; the
 same loop over 3,200 images grew 393 MB with the dynamic threshold, 14 MB with it fixed, and ran no slower.
+
+A loop that repeats the same large allocations (a training step, a sampler step) is the opposite case: each
+activation above the threshold is a fresh mapping whose pages fault in again every step. Measured on 2 cores with the
+threshold fixed at 128 KiB: the 32-px evaluator's training loop 1.72x slower (127 against 219 images/s), guided DDIM
+1.54x slower. Those loops run under `heap_for_steps`, which lets blocks up to 32 MB come from the heap, where the
+next step reuses them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial value; setting it explicitly turns off its dynamic adjustment
+STEPS_THRESHOLD = 32 * 1024 * 1024  # the ceiling of glibc's dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+_depth = 0  # heap_for_steps nests (a sampler inside a training loop's cheap FID): only the outermost restores
+
+
+def set_mmap_threshold(size: int) -> bool:
+    """glibc's mmap threshold for this process, fixed at `size` bytes; False where there is no glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, size))
+    except (OSError, AttributeError):
+        return False
 
 
 def fix_mmap_threshold() -> bool:
     """Fix glibc's mmap threshold at 128 KiB for this process (call it early); False where there is no glibc."""
+    return set_mmap_threshold(MMAP_THRESHOLD)
+
+
+@contextmanager
+def heap_for_steps() -> Iterator[None]:
+    """Blocks up to 32 MB from the heap for the duration of a loop of identical steps (training, sampling); the
+    128 KiB threshold again when the outermost such loop ends."""
+    global _depth
+    if _depth == 0:
+        set_mmap_threshold(STEPS_THRESHOLD)
+    _depth += 1
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-    except (OSError, AttributeError):
-        return False
+        yield
+    finally:
+        _depth -= 1
+        if _depth == 0:
+            fix_mmap_threshold()

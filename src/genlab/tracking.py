@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,10 +35,12 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models import infer_signature
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from genlab.preflight import check_tracking, uri_scheme
+from genlab.checkpoint import load_train_state
+from genlab.preflight import check_tracking, tracking_uri, uri_scheme
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +194,79 @@ def existing_run(run_id: str | None) -> bool:
         return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except mlflow.exceptions.MlflowException:
         return False
+
+
+SERVER_SCHEMES = ("http", "https")
+TRAIN_STATE_DIR = "train_state"  # a training stage's in-progress checkpoint, in its run on a tracking server
+
+
+def train_state_tag(ckpt: Path) -> str:
+    """The run tag naming the fingerprint of the training state `ckpt` that the run holds on the server."""
+    return f"genlab.train_state.{ckpt.stem}"
+
+
+def shares_train_state() -> bool:
+    """Training states are shared through the tracking store only when it is a server (other machines see it)."""
+    return uri_scheme(mlflow.get_tracking_uri()) in SERVER_SCHEMES
+
+
+def share_train_state(run_id: str, ckpt: Path, fingerprint: str) -> None:
+    """Upload the checkpoint just written to the stage's run on the tracking server, so that a stage killed on this
+    machine resumes on any other (`fetch_train_state`); nothing without a server."""
+    if not shares_train_state():
+        return
+    client = MlflowClient()
+    client.log_artifact(run_id, str(ckpt), TRAIN_STATE_DIR)
+    client.set_tag(run_id, train_state_tag(ckpt), fingerprint)
+
+
+def fetch_train_state(root: Path, ckpt: Path, fingerprint: str) -> str | None:
+    """Without a local checkpoint of this exact run (`fingerprint`), the newest one an unfinished run of it shared on
+    the tracking server (a stage killed on another machine) is downloaded to `ckpt`; returns that run's id."""
+    if uri_scheme(tracking_uri(root)) not in SERVER_SCHEMES or state_run_id(ckpt, fingerprint):
+        return None
+    mlflow.set_tracking_uri(check_tracking(root))
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        return None
+    runs = MlflowClient().search_runs(
+        [exp.experiment_id], f"tags.`{train_state_tag(ckpt)}` = '{fingerprint}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run_id = runs[0].info.run_id
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ckpt.parent) as tmp:  # same file system: the move is a rename
+        got = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=f"{TRAIN_STATE_DIR}/{ckpt.name}",
+                                                       dst_path=tmp))
+        if state_run_id(got, fingerprint) != run_id:
+            log.warning("%s of MLflow run %s is not that run's training state; not resumed", got.name, run_id)
+            return None
+        os.replace(got, ckpt)
+    log.info("fetched %s from MLflow run %s on %s (a stage killed elsewhere): resuming it", ckpt.name, run_id,
+             mlflow.get_tracking_uri())
+    return run_id
+
+
+def state_run_id(ckpt: Path, fingerprint: str) -> str | None:
+    """The MLflow run a checkpoint of this exact run (`fingerprint`) belongs to, if `ckpt` is one (loaded as every
+    training state is: weights only, a damaged or unsafe file refused)."""
+    if not ckpt.is_file():
+        return None
+    state = load_train_state(ckpt)
+    return (state.get("mlflow_run_id") or None) if state.get("fingerprint") == fingerprint else None
+
+
+def drop_train_state(run_id: str, ckpt: Path) -> None:
+    """A finished stage's shared training state is deleted from its run (the final state is in DVC's cache)."""
+    if not shares_train_state():
+        return
+    client = MlflowClient()
+    if train_state_tag(ckpt) not in client.get_run(run_id).data.tags:
+        return
+    get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(
+        f"{TRAIN_STATE_DIR}/{ckpt.name}")
+    client.delete_tag(run_id, train_state_tag(ckpt))
 
 
 def dvc_remote_url(root: Path) -> str | None:

@@ -30,8 +30,10 @@ from genlab.checkpoint import load_train_state, save_train_state
 from genlab.config import TrainConfig
 from genlab.distributed import World
 from genlab.errors import TrainingDiverged
+from genlab.memory import heap_for_steps
 from genlab.paths import stale_temporaries
 from genlab.randomness import batch_indices, generator
+from genlab.tracking import share_train_state
 
 log = logging.getLogger(__name__)
 
@@ -185,14 +187,6 @@ def apply_gradients(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: t
     return norm
 
 
-def checkpoint_run_id(ckpt: Path, fingerprint: str) -> str | None:
-    """The MLflow run a resumable checkpoint of this exact run belongs to, if there is one."""
-    if not ckpt.is_file():
-        return None
-    state = load_train_state(ckpt)
-    return (state.get("mlflow_run_id") or None) if state.get("fingerprint") == fingerprint else None
-
-
 def try_resume(trainable: Trainable, ckpt: Path, fingerprint: str) -> bool:
     """Load `ckpt` if it belongs to this exact run (same config and data); otherwise start fresh."""
     if not ckpt.is_file():
@@ -244,8 +238,8 @@ def train(
         return TrainingDiverged(f"{stage}: step {step} ({step * batch} images seen): {e} is NaN or Inf; "
                                 f"training stopped, {kept}")
 
-    with tqdm(total=total_steps * batch, initial=t.step * batch, unit="img", desc=stage, mininterval=2.0,
-              unit_scale=True, dynamic_ncols=True, disable=not world.main) as bar:  # closed on any exit
+    with heap_for_steps(), tqdm(total=total_steps * batch, initial=t.step * batch, unit="img", desc=stage,
+                                mininterval=2.0, unit_scale=True, dynamic_ncols=True, disable=not world.main) as bar:
         while t.step < total_steps:
             start = time.perf_counter()
             step = t.step
@@ -281,6 +275,8 @@ def train(
                 t.sums = dict(zip(t.sums, world.mean(_stacked(t)), strict=True))
             if saving and world.main:
                 save_train_state(t.state_dict(fingerprint, batch, run_id), ckpt)
+                if run_id is not None:  # with a tracking server, for a resume on another machine
+                    share_train_state(run_id, ckpt, fingerprint)
             if saving:
                 saved = t.step
     return t

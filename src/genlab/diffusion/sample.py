@@ -15,6 +15,7 @@ import torch
 
 from genlab.diffusion.objectives import check_prediction, per_sample, to_eps, to_x0
 from genlab.diffusion.posterior import posterior_mean, posterior_variance
+from genlab.memory import heap_for_steps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> eps_hat
 
@@ -68,6 +69,7 @@ def pairs(ab: torch.Tensor, timesteps: list[int]) -> list[tuple[int, int, torch.
 
 
 @torch.no_grad()
+@heap_for_steps()  # the same activations every step: from the heap, not fresh mappings (genlab.memory)
 def ddim_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: list[int],
                 eta: float = 0.0, step_noise: Callable[[int], torch.Tensor] | None = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, eq. 12), from x_T = noise:
@@ -93,6 +95,7 @@ def ddim_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor,
 
 
 @torch.no_grad()
+@heap_for_steps()
 def ddpm_sample(denoise: Denoiser, noise: torch.Tensor, alpha_bar: torch.Tensor, timesteps: list[int],
                 step_noise: Callable[[int], torch.Tensor], clip_x0: float | None = None) -> torch.Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) over a decreasing list of steps, from x_T = noise.

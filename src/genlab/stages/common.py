@@ -25,7 +25,7 @@ from genlab.data import splits
 from genlab.distributed import World
 from genlab.images import save_curves
 from genlab.paths import Paths, atomic_write, read_json
-from genlab.training import Trainable, checkpoint_run_id, final_state
+from genlab.training import Trainable, final_state
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,10 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
               resume: tuple[tuple[Path, str], ...] = ()):
     """The stage's MLflow run. `resume`: (checkpoint, fingerprint) pairs of the stage's training runs; when one
     of them is resumed, the stage continues the MLflow run its checkpoint records instead of opening a new one."""
+    for ckpt, fp in resume:  # a run of this stage killed on another machine left its state on the tracking server
+        tracking.fetch_train_state(ctx.paths.root, ckpt, fp)
     # every checkpoint is read (a damaged or unsafe one is refused) before the MLflow run opens
-    run_id = next((r for r in [checkpoint_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
+    run_id = next((r for r in [tracking.state_run_id(ckpt, fp) for ckpt, fp in resume] if r), None)
     if not ctx.world.main:
         return contextlib.nullcontext(RankRun())
     source = dataset_source(ctx.paths.prepared / "manifest.json")
@@ -138,7 +140,14 @@ def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path,
     for path in sorted(out.iterdir()):
         if path.name != "train_state.pt":  # resume state stays in DVC's cache, not in every MLflow run
             run.log_artifact(path, "outputs")
-    ctx.paths.checkpoint(stage).unlink(missing_ok=True)
+    drop_checkpoint(ctx, stage, run)
+
+
+def drop_checkpoint(ctx: Context, key: str, run: tracking.StageRun) -> None:
+    """A finished training's in-progress state: its file, and its copy on the tracking server."""
+    ckpt = ctx.paths.checkpoint(key)
+    ckpt.unlink(missing_ok=True)
+    tracking.drop_train_state(run.run_id, ckpt)
 
 
 def training_summary(ctx: Context, stage: str) -> dict[str, Any]:

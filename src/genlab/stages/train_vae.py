@@ -36,6 +36,7 @@ from genlab.randomness import generator, seeded
 from genlab.stages.common import (
     Context,
     Data,
+    drop_checkpoint,
     finish_training,
     load_data,
     save_training,
@@ -276,5 +277,5 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
                 save_grid(ae_prior[:64], out / "ae_prior_samples.png", nrow=8)
                 save_grid(torch.cat([vae_prior[:32], ae_prior[:32]]), out / "prior_vae_vs_ae.png", nrow=8)
         finish_training(ctx, STAGE, mlrun, out_dir, history, metrics, trainable)
-        ctx.paths.checkpoint(f"{STAGE}.ae").unlink(missing_ok=True)
+        drop_checkpoint(ctx, f"{STAGE}.ae", mlrun)
     return metrics
