@@ -41,6 +41,7 @@ from genlab.config import Params
 from genlab.device import resolve
 from genlab.diffusion.sample import ddim_sample, ddim_timesteps, guided
 from genlab.distributed import World
+from genlab.memory import fix_mmap_threshold, heap_for_steps
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
 from genlab.stages import diffusion_training, train_evaluator, train_gan, train_vae
@@ -78,6 +79,7 @@ def step_flops(step: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+@heap_for_steps()  # as `training.train` runs its steps (genlab.memory)
 def time_steps(step: Callable[[], object], device: torch.device, seconds: float) -> list[float]:
     for _ in range(2):  # warm-up: allocator, kernel selection
         step()
@@ -209,6 +211,7 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=None, help="a project after `dvc repro`: orchestration overhead")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hardware.json")
     args = ap.parse_args()
+    fix_mmap_threshold()  # the allocator settings of a `genlab` stage process (cli.run_stage)
     device = resolve(args.device)
     params = Params()  # the defaults; compute.precision fp32
     ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=device, world=World(), compute=params.compute)

@@ -189,6 +189,7 @@ def test_sigkill_at_twenty_four_points_resumes_bit_identically(repro: tuple[Path
     assert len(killed) >= 20 and sum(a.during_write for a in killed) >= 3
 
 
+@pytest.mark.slow
 def test_negative_control_resume_without_optimizer_state_differs(repro: tuple[Path, dict[str, str], str],
                                                                  tmp_path: Path) -> None:
     """The comparison can fail: a resume whose checkpoint lost the Adam moments ends with other weights."""

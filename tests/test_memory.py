@@ -15,11 +15,8 @@ import pytest
 
 from genlab.memory import fix_mmap_threshold
 
-PLACEMENT = """
-import ctypes, sys
-from genlab.memory import fix_mmap_threshold
-if sys.argv[1] == "fixed":
-    assert fix_mmap_threshold()
+MALLOC = """
+import ctypes
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -29,6 +26,13 @@ libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
 libc.mallinfo2.restype = MallInfo2
+"""  # glibc's malloc and its statistics (hblkhd: bytes in mmapped blocks)
+
+PLACEMENT = MALLOC + """
+import sys
+from genlab.memory import fix_mmap_threshold
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold()
 libc.free(libc.malloc(4 << 20))  # a 4 MB block (mmapped) freed: the dynamic threshold rises to 4 MB
 before = libc.mallinfo2().hblkhd
 block = libc.malloc(3 << 19)  # a 1.5 MB batch buffer: mmapped, or carved from the heap?
@@ -75,18 +79,9 @@ def test_streaming_pass_keeps_rss_flat() -> None:
     assert max(growth) < 40, f"RSS grew {growth} MB over the pass with the threshold fixed"
 
 
-STEPS = """
-import ctypes
+STEPS = MALLOC + """
 from genlab.memory import fix_mmap_threshold, heap_for_steps
 assert fix_mmap_threshold()
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.mallinfo2.restype = MallInfo2
 
 def mapped() -> int:  # 1: a new 8 MB block (a training activation) is a fresh mapping; 0: it came from the heap
     before = libc.mallinfo2().hblkhd

@@ -70,6 +70,7 @@ def dvc_lock_outs(root: Path) -> dict[str, str]:
             if not o["path"].startswith(volatile)}
 
 
+@pytest.mark.slow
 def test_dvc_repro_in_two_fresh_clones_gives_the_same_lock(repro: tuple[Path, dict[str, str], str],
                                                            tmp_path: Path) -> None:
     """The session's tiny `dvc repro` is the first fresh clone; `git clone` of the same commit is the second."""

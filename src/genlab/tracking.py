@@ -223,8 +223,10 @@ def share_train_state(run_id: str, ckpt: Path, fingerprint: str) -> None:
 def fetch_train_state(root: Path, ckpt: Path, fingerprint: str) -> str | None:
     """Without a local checkpoint of this exact run (`fingerprint`), the newest one an unfinished run of it shared on
     the tracking server (a stage killed on another machine) is downloaded to `ckpt`; returns that run's id."""
-    if uri_scheme(tracking_uri(root)) not in SERVER_SCHEMES or state_run_id(ckpt, fingerprint):
+    if uri_scheme(tracking_uri(root)) not in SERVER_SCHEMES:
         return None
+    if ckpt.is_file() and load_train_state(ckpt).get("fingerprint") == fingerprint:
+        return None  # this machine has its own resume point for this run
     mlflow.set_tracking_uri(check_tracking(root))
     exp = mlflow.get_experiment_by_name(EXPERIMENT)
     if exp is None:
