@@ -264,10 +264,10 @@ def drop_train_state(run_id: str, ckpt: Path) -> None:
     if not shares_train_state():
         return
     client = MlflowClient()
-    if train_state_tag(ckpt) not in client.get_run(run_id).data.tags:
+    run = client.get_run(run_id)
+    if train_state_tag(ckpt) not in run.data.tags:
         return
-    get_artifact_repository(client.get_run(run_id).info.artifact_uri).delete_artifacts(
-        f"{TRAIN_STATE_DIR}/{ckpt.name}")
+    get_artifact_repository(run.info.artifact_uri).delete_artifacts(f"{TRAIN_STATE_DIR}/{ckpt.name}")
     client.delete_tag(run_id, train_state_tag(ckpt))
 
 
