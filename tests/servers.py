@@ -39,8 +39,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def started(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> Iterator[subprocess.Popen]:
-    """`cmd` as a process group of its own, its output in `log`; stopped on exit (SIGTERM, SIGKILL after 30 s)."""
+def started(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None,
+            grace: float = 30) -> Iterator[subprocess.Popen]:
+    """`cmd` as a process group of its own, its output in `log`; stopped on exit (SIGTERM, SIGKILL after `grace`
+    seconds)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -49,7 +51,7 @@ def started(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = N
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

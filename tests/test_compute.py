@@ -126,6 +126,7 @@ def test_compiled_training_step_matches_eager() -> None:
         assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.slow  # 108 s; test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights is the fast check
 def test_every_training_stage_runs_under_bf16_autocast(tmp_path) -> None:  # noqa: ANN001
     """`compute.precision: bf16` end to end on CPU: each training stage (evaluator, VAE with its autoencoder, LDM,
     GAN with R1's double backward; the pixel U-Net shares the LDM's step builder) trains, writes its snapshot in

@@ -85,6 +85,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, dict
     return out
 
 
+@pytest.mark.slow  # the `runs` fixture: 12 stage processes, 185 s
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_two_gloo_processes_apply_the_global_batch_gradient(runs: dict, stage: str) -> None:
     one, two = runs[stage]
@@ -105,6 +106,7 @@ def test_two_gloo_processes_apply_the_global_batch_gradient(runs: dict, stage: s
     assert rb == pytest.approx(ra, rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow  # the `runs` fixture
 def test_only_rank_zero_logs_and_nothing_is_left_behind(runs: dict) -> None:
     _, seen = runs["mlflow"]
     assert seen["world_sizes"] == ["2"] * len(STAGES)  # one MLflow run per stage, rank 0's

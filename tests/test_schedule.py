@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlflow
 import psutil
+import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -64,6 +65,7 @@ def wait_for_scheduled_run(client: SyncPrefectClient, serve: subprocess.Popen, l
         time.sleep(2)
 
 
+@pytest.mark.slow  # 124 s: up to a minute to the next cron boundary, then the flow
 def test_cron_schedule_triggers_a_completed_run(repro: tuple[Path, dict[str, str], str], tmp_path: Path) -> None:
     root, env = repro[0], repro[1]
     port = free_port()

@@ -93,7 +93,8 @@ def team(repro: tuple[Path, dict[str, str], str], tmp_path_factory: pytest.TempP
         workers = {name: running.enter_context(started(  # what `make worker` runs, in each clone
             [str(BIN / "prefect"), "worker", "start", "--pool", "genlab", "--type", "process", "--limit", "1",
              "--name", f"worker-{name}"], logs / f"worker-{name}.log",
-            {**shared, "GENLAB_CLONE": str(clone), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}, cwd=clone))
+            {**shared, "GENLAB_CLONE": str(clone), "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}, cwd=clone,
+            grace=5))  # an idle worker's graceful stop took the whole 30 s; nothing of it is under test
             for name, clone in clones.items()}
         yield Team(publisher, clones, shared, logs, workers)
 
