@@ -7,6 +7,7 @@ import torch
 from genlab.errors import ConfigError
 
 PIXELS_PER_BATCH = 512 * 16 * 16  # inference batches: 512 images at 16x16 (activation memory grows with pixels)
+PROGRESS_FROM = 10_000  # images: a whole-split pass over this many shows a progress bar (minutes on CPU)
 
 
 def inference_batch(side: int) -> int:

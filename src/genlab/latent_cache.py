@@ -14,9 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from genlab.data import store
-from genlab.device import inference_batch
+from genlab.device import PROGRESS_FROM, inference_batch
 from genlab.distributed import World
 from genlab.memory import heap_for_steps
 from genlab.models.vae import VAE
@@ -30,9 +31,11 @@ def encode_batches(vae: VAE, images: store.Images | torch.Tensor,
     buffer or a file, so it cannot fragment."""
     vae.eval()
     b = inference_batch(images.shape[-1])
-    with heap_for_steps():
+    with heap_for_steps(), tqdm(total=len(images), unit="img", desc="latents",
+                                disable=len(images) < PROGRESS_FROM) as bar:
         for i in range(0, len(images), b):
             mean, logvar = vae.encode(images[i : i + b].to(device))
+            bar.update(len(mean))
             yield mean.cpu(), logvar.cpu()
 
 

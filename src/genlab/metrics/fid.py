@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from genlab.checkpoint import load_network
 from genlab.data.store import Images, to_uint8
-from genlab.device import inference_batch
+from genlab.device import PROGRESS_FROM, inference_batch
 from genlab.errors import GenlabError
 from genlab.memory import heap_for_steps
 from genlab.models.evaluator import Evaluator
@@ -171,7 +171,6 @@ def prc_batch_size(*counts: int) -> int:
     return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
 
 
-PROGRESS_FROM = 10_000  # images: from here feature extraction shows a progress bar (minutes on CPU)
 
 
 def feature_batch(batch_size: int, side: int) -> int:
