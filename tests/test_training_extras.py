@@ -25,8 +25,8 @@ def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pyte
     import genlab.stages.train_fid as train_fid
 
     monkeypatch.setattr(train_fid, "train_scores", lambda ctx, data, images, *a, **k: {"fid": float(images.sum())})
-    class Train(list):  # 1000 training images; CheapFID reads their count
-        images = None
+    class Train(list):  # 1000 training images of 64 px; CheapFID reads their count and size
+        images = SimpleNamespace(shape=(1000, 3, 64, 64))
 
     data = SimpleNamespace(manifest={"num_classes": 10}, train=Train([0] * 1000))
     ctx = SimpleNamespace(seed=0, paths=SimpleNamespace(model=lambda name: Path(name)), device=torch.device("cpu"))
@@ -37,14 +37,14 @@ def test_cheap_fid_is_due_once_per_interval_on_the_logged_grid(monkeypatch: pyte
         sampled.append(len(seeds))
         return torch.ones(len(seeds))
 
-    cheap = CheapFID(ctx, data, cfg, every_images=2000, n=10, sample=sample)
+    cheap = CheapFID(ctx, data, cfg, every_images=2000, n=70, sample=sample)
     results = {seen: cheap(seen) for seen in range(512, 10001, 512)}
     assert [seen for seen, r in results.items() if r] == [2048, 4096, 6144, 8192]
-    assert all(r == {"cheap_fid": 10.0} for r in results.values() if r)
-    assert sampled == [10] * 4
+    assert all(r == {"cheap_fid": 70.0} for r in results.values() if r)
+    assert sampled == [32, 32, 6] * 4  # inference batches of 64-px images: 32 at a time
     # stateless: a resumed run asking at 6144 gets the same answer as the uninterrupted one
-    assert CheapFID(ctx, data, cfg, every_images=2000, n=10, sample=sample)(6144) == {"cheap_fid": 10.0}
-    assert CheapFID(ctx, data, cfg, every_images=0, n=10, sample=sample)(6144) == {}
+    assert CheapFID(ctx, data, cfg, every_images=2000, n=70, sample=sample)(6144) == {"cheap_fid": 70.0}
+    assert CheapFID(ctx, data, cfg, every_images=0, n=70, sample=sample)(6144) == {}
 
 
 def test_cosine_learning_rate_reference_values() -> None:

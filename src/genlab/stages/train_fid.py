@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from genlab.config import TrainConfig
+from genlab.device import inference_batch
 from genlab.metrics import fid
 from genlab.metrics.reference import (
     ReferenceStats,
@@ -71,6 +72,8 @@ class CheapFID:
         """Due on the first logged row at or past each multiple of `every` (stateless: resumes exactly)."""
         if self.every <= 0 or images_seen // self.every == (images_seen - self.spacing) // self.every:
             return {}
-        images = self.sample(self.labels, self.seeds)
+        # in inference batches: 200 samples of a 64-px GAN in one forward raised train_gan's peak by 0.26 GiB
+        b, n = inference_batch(self.data.train.images.shape[-1]), len(self.seeds)
+        images = torch.cat([self.sample(self.labels[i : i + b], self.seeds[i : i + b]) for i in range(0, n, b)])
         m = train_scores(self.ctx, self.data, images, kid_subset_size=50)
         return {"cheap_fid": m["fid"]}
