@@ -124,6 +124,7 @@ class Bench:
     params: Params
     train: splits.Split
     test: splits.Split
+    manifest: dict[str, Any]  # the prepared data's: its source and class names
     num_classes: int
     device: torch.device
     seconds: float
@@ -230,8 +231,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
         shape = list(train.images.shape[1:])
 
     stage = "train_ldm" if space == "latent" else "train_pixel"
-    source = splits.read_manifest(bench.paths.prepared)["source"]
-    names = sources.class_names(splits.read_manifest(bench.paths.prepared))
+    source, names = bench.manifest["source"], sources.class_names(bench.manifest)
     ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device, compute=bench.params.compute)
     run = build_step(stage, cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
@@ -247,7 +247,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     budget, marks = train_for(f"genlab-{space}", step, snapshot, bench, batch)
     snapshot_cfg = {"network": run.network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
-                    "source": source, **extra}
+                    "source": source, "class_names": names, **extra}  # the config train_diffusion writes
     settings = {"sampler": cfg.sampler, "steps": bench.steps, "eta": cfg.eta, "guidance_scale": cfg.guidance_scale}
 
     def load(variant: str, weights: Any) -> Sample:
@@ -495,7 +495,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
     held_out_nn = nearest_distances(test_features, ref.features.float())
     labels = torch.arange(k).repeat_interleave(args.n_per_class)
     seed_sets = [image_seeds(params.sample.seed, f"bench-{s}", len(labels)) for s in range(args.sample_seeds)]
-    bench = Bench(paths=paths, params=params, train=train, test=test, num_classes=k, device=device,
+    bench = Bench(paths=paths, params=params, train=train, test=test, manifest=manifest, num_classes=k, device=device,
                   seconds=args.seconds, every=args.every, steps=args.steps, threads=args.threads, labels=labels,
                   seed_sets=seed_sets, extractor=extractor, ref=ref, held_out_nn=held_out_nn, floor={})
     floor = score(bench, test.images.all(), test.labels)

@@ -171,8 +171,6 @@ def prc_batch_size(*counts: int) -> int:
     return max(64, min(10_000, PRC_BLOCK // max(1, *counts)))
 
 
-
-
 def feature_batch(batch_size: int, side: int) -> int:
     """Images per feature-extraction batch: `batch_size`, at most `inference_batch(side)` (256 stays 256 up to
     22 px; 32 at 64 px, where 256 images took a stage 0.7 GB past its training peak)."""
