@@ -86,7 +86,8 @@ def pil_decode(files: list[Path]) -> float:
 
 
 def run_stage(project: Path, stage: str, env: dict[str, str]) -> dict:
-    """`genlab <stage>` in its own process: wall seconds and peak RSS (its own ru_maxrss)."""
+    """`genlab <stage>` in its own process: wall seconds and peak RSS (its own VmHWM), in GB (10^9 bytes, the
+    limit's unit) and GiB."""
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", WRAPPER, stage], cwd=project, env=env, capture_output=True,
                           text=True)
@@ -94,7 +95,9 @@ def run_stage(project: Path, stage: str, env: dict[str, str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"genlab {stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     kb = next(int(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("GENLAB_BENCH_MAXRSS_KB"))
-    return {"seconds": round(seconds, 1), "peak_rss_gb": round(kb / 1024**2, 3)}
+    (project / f"{stage}.log").write_text(proc.stderr)  # the stage's own log, for a look at a peak
+    return {"seconds": round(seconds, 1), "peak_rss_gb": round(kb * 1024 / 1e9, 3),
+            "peak_rss_gib": round(kb / 1024**2, 3)}
 
 
 def project_params(data_dir: Path, size: int) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -80,13 +81,16 @@ def test_streaming_pass_keeps_rss_flat() -> None:
 
 
 STEPS = MALLOC + """
-from genlab.memory import fix_mmap_threshold, heap_for_steps
+import sys
+from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 assert fix_mmap_threshold()
+if len(sys.argv) > 1:
+    set_steps_threshold(int(sys.argv[1]))
 
-def mapped() -> int:  # 1: a new 8 MB block (a training activation) is a fresh mapping; 0: it came from the heap
+def mapped(size: int = 8 << 20) -> int:  # 1: a new block (a training activation) is a fresh mapping; 0: from the heap
     before = libc.mallinfo2().hblkhd
-    libc.malloc(8 << 20)
-    return int(libc.mallinfo2().hblkhd - before >= 8 << 20)
+    libc.malloc(size)
+    return int(libc.mallinfo2().hblkhd - before >= size)
 
 seen = [mapped()]
 with heap_for_steps():
@@ -95,6 +99,8 @@ with heap_for_steps():
         seen.append(mapped())
     seen.append(mapped())  # the inner loop's end leaves the outer one's setting
 seen.append(mapped())
+with heap_for_steps():
+    seen.append(mapped(4 << 20))
 print("".join(map(str, seen)))
 """
 
@@ -102,4 +108,29 @@ print("".join(map(str, seen)))
 @pytest.mark.skipif(not fix_mmap_threshold(), reason="no glibc")
 def test_loops_of_steps_take_their_blocks_from_the_heap_and_streaming_passes_do_not() -> None:
     out = subprocess.run([sys.executable, "-c", STEPS], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "10001"
+    assert out.stdout.strip() == "100010"
+
+
+@pytest.mark.skipif(not fix_mmap_threshold(), reason="no glibc")
+@pytest.mark.parametrize(("image_size", "expected"), [(32, "100010"), (64, "111110")])
+def test_steps_of_a_stage_on_images_over_32_px_take_only_blocks_under_8_mb_from_the_heap(
+        image_size: int, expected: str) -> None:
+    out = subprocess.run([sys.executable, "-c", STEPS, str(image_size)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+GPU_COMPILER = """
+import sys
+from genlab.memory import skip_gpu_compiler
+skipped = skip_gpu_compiler()
+import torch, torchvision  # noqa: E401  torchvision.ops imports torch._dynamo, which imports triton when it can
+print(skipped, "triton" in sys.modules and sys.modules["triton"] is not None, float(torch.ones(2).sum()))
+"""
+
+
+def test_a_machine_without_a_gpu_never_loads_triton() -> None:
+    from genlab.memory import GPU_DEVICE_FILES
+
+    gpu = any(Path(f).exists() for f in GPU_DEVICE_FILES)
+    out = subprocess.run([sys.executable, "-c", GPU_COMPILER], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(not gpu), str(gpu), "2.0"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from genlab.models.ema import ema_copy, ema_decay, ema_update
-from genlab.models.evaluator import Evaluator, random_shift
+from genlab.models.evaluator import Evaluator, random_shift, stem_stride_for
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss
 from genlab.models.layers import timestep_embedding
 from genlab.models.unet import UNet
@@ -185,6 +185,14 @@ def test_evaluator_shapes() -> None:
     logits = net(x)
     assert logits.shape == (6, 10)
     assert torch.allclose(logits, net.head(feats))
+
+
+@pytest.mark.parametrize(("size", "stride"), [(8, 1), (16, 1), (32, 1), (33, 2), (64, 2), (65, 4), (128, 4)])
+def test_the_evaluator_stem_reaches_32_px_or_less(size: int, stride: int) -> None:
+    assert stem_stride_for(size) == stride
+    net = Evaluator(in_channels=3, num_classes=10, width=8, stem_stride=stride)
+    maps = net.body[0](_x(2, 3, size, size))
+    assert maps.shape[-1] == -(-size // stride) <= 32
 
 
 def test_random_shift_is_a_translation() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from genlab.config import FAMILIES, TRAINING_SECTIONS, load_params
 from genlab.cpu_wait import choose_wait_policy
 from genlab.errors import ConfigError, GenlabError, StageFailed
-from genlab.memory import fix_mmap_threshold
+from genlab.memory import fix_mmap_threshold, set_steps_threshold, skip_gpu_compiler
 from genlab.paths import Paths
 from genlab.preflight import check_tracking
 
@@ -40,6 +40,7 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     """Validate the whole params file first (nothing is written on bad input), then run one stage: a training
     stage with `dist.nproc_per_node` > 1 under torchrun, unless this process is already one of its ranks."""
     params = load_params(params_path)
+    set_steps_threshold(params.data.image_size)
     check_tracking((root or Path.cwd()).resolve())  # MLflow down: stop before importing torch, in seconds
     choose_wait_policy()  # before torch loads libgomp; the stage's MLflow run records the policy in force
     if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
@@ -170,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     fix_mmap_threshold()  # before any large allocation: memory stays flat over a streaming pass
+    skip_gpu_compiler()  # before torch is imported
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
