@@ -80,6 +80,8 @@ def test_vae_micro_batches_give_the_whole_batch_step(plain: bool) -> None:
                                                         torch.device("cpu")).items()})
         after.append(torch.cat([p.grad.flatten() for p in vae.parameters()]))  # what the step applied
     whole, split = after
-    assert bool((whole != 0).all())
+    # a real step: all but a few entries non-zero (a conv bias just before a GroupNorm has a zero gradient in exact
+    # arithmetic, so a rounding-sized one that is exactly 0 on some CPUs)
+    assert float((whole != 0).float().mean()) > 0.99
     torch.testing.assert_close(split, whole, rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
     assert logged[1] == pytest.approx(logged[0], rel=1e-5)
