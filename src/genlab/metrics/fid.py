@@ -160,10 +160,12 @@ class ImageSet(torch.utils.data.Dataset):
 
 # Precision/recall compares every generated feature with every reference feature in blocks of `prc_batch_size`
 # rows; torch-fidelity's default (10,000) makes a 10,000 x N float32 block, 3.9 GB against 98,000 reference
-# images. `prc_batch_size` keeps a block near PRC_BLOCK floats (the same blocks, hence the same numbers, below
-# 3,355 images).
-PRC_BLOCK = 2**25  # 128 MB of float32 distances
-
+# images. `prc_batch_size` keeps a block near PRC_BLOCK floats: torch-fidelity's `calc_cdist_part` holds a block's
+# pieces and their concatenation at once, so 128-MB blocks took `train_vae`'s scores against 98,000 train images to
+# 1.53 GiB. Scoring 1,000 features against those 98,000 peaks at 0.96 GiB with 32-MB blocks, 1.23 with 128-MB ones
+# (measured, one process each). Below 2,896 images every set is one block, as with torch-fidelity's default (the
+# same numbers); above, blocks move a distance by float rounding only.
+PRC_BLOCK = 2**23  # 32 MB of float32 distances
 
 def prc_batch_size(*counts: int) -> int:
     """Rows per precision/recall distance block for feature sets of these sizes: at most 10,000 (torch-fidelity's

@@ -69,7 +69,7 @@ def compute_reference(images: torch.Tensor, extractor: Extractor, key: str, batc
     log.info("extracting %s features of %d reference images", extractor.label, len(images))
     feats = extract_features(images, extractor, batch_size, cuda)
     stats = fid_features_to_statistics(feats)
-    radii = knn_radii(feats, radii_k, radii_batch(len(feats))) if radii_k else None
+    radii = knn_radii(feats, radii_k, prc_batch_size(len(feats))) if radii_k else None
     log.info("reference features (%d x %d) in %.0f s", *feats.shape, time.perf_counter() - t0)
     return ReferenceStats(features=feats.double(), mu=stats["mu"].astype(np.float64),
                           sigma=stats["sigma"].astype(np.float64), key=key, extractor=extractor, radii=radii,
@@ -206,17 +206,6 @@ def copying_z(gen_nn: torch.Tensor, held_out_nn: torch.Tensor) -> float:
     return (u - m * n / 2) / math.sqrt(m * n * (m + n + 1) / 12)
 
 
-# A reference's own k-NN radii compare N features with N: blocks of 2^23 distances (32 MB). With PRC_BLOCK's 128 MB
-# blocks, cdist's and kthvalue's temporaries took `train_evaluator` from 1.30 to 1.50 GB at 98,000 images. Up to 838
-# images this is one block, as torch-fidelity's; above, the blocks move a radius by float rounding only (~1e-6).
-RADII_BLOCK = 2**23
-
-
-def radii_batch(n: int) -> int:
-    """Rows per block of a reference's k-NN radii over n features: at most 10,000 and RADII_BLOCK / n, at least 64."""
-    return max(64, min(10_000, RADII_BLOCK // max(1, n)))
-
-
 def knn_radii(features: torch.Tensor, k: int, batch: int) -> torch.Tensor:
     """Each feature's distance to its k-th nearest other feature (the (k+1)-th smallest distance, itself being
     the first): the radius of its ball in improved precision/recall (Kynkäänniemi et al. 2019, eq. 1-2)."""
@@ -233,7 +222,7 @@ def reference_radii(ref: ReferenceStats, k: int) -> torch.Tensor:
         return ref.radii
     if _RADII.get("features") is not ref.features or _RADII.get("k") != k:
         real = ref.features.float()
-        _RADII.update(features=ref.features, k=k, radii=knn_radii(real, k, radii_batch(len(real))))
+        _RADII.update(features=ref.features, k=k, radii=knn_radii(real, k, prc_batch_size(len(real))))
     return _RADII["radii"]  # type: ignore[return-value]
 
 
