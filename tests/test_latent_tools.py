@@ -107,6 +107,17 @@ def test_principal_directions_are_orthonormal_and_match_the_covariance() -> None
     assert torch.allclose(var_along, stds.square(), rtol=1e-4)
 
 
+def test_principal_directions_in_blocks_equal_the_svd_of_the_centred_latents() -> None:
+    latents, _ = _anisotropic()
+    x = latents.double().flatten(1)
+    _, sv, vh = torch.linalg.svd(x - x.mean(0), full_matrices=False)  # X − μ = U Σ Vᵀ
+    for block in (7, len(latents)):
+        dirs, stds = principal_directions(latents, 3, block=block)
+        for i in range(3):
+            assert abs(float(dirs[i].flatten().double() @ vh[i])) == pytest.approx(1.0, abs=1e-5)
+        assert torch.allclose(stds.double(), sv[:3] / (len(latents) - 1) ** 0.5, rtol=1e-5)
+
+
 def test_traversal_centre_is_z_and_moves_along_one_direction() -> None:
     latents, _ = _anisotropic()
     dirs, stds = principal_directions(latents, 3)

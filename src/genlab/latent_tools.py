@@ -56,22 +56,32 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, n: int, eps: float = 1e-6) -> torc
     return path
 
 
-def principal_directions(latents: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def principal_directions(latents: torch.Tensor, k: int, block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """PCA of flattened latents (N, *shape): the top-k unit directions (k, *shape) and their std devs (k,).
 
-    X = flatten(latents) - mean (N, D);  X = U Σ Vᵀ;  direction_i = V[:, i],  std_i = Σ_ii / √(N - 1).
-    Signs are fixed so each direction's largest-magnitude component is positive (SVD's sign is arbitrary).
+    From the covariance, accumulated in float64 over blocks of `block` rows (memory O(D²), not O(N·D): an SVD of the
+    8,192 x 1,024 latents of 64-px images took `train_vae` 0.18 GiB over the rest of its run):
+    C = (XᵀX − N μμᵀ) / (N − 1) = V Λ Vᵀ;  direction_i = V[:, i],  std_i = √λ_i, for the k largest λ
+    (the same as X − μ = U Σ Vᵀ with std_i = Σ_ii / √(N − 1)).
+    Signs are fixed so each direction's largest-magnitude component is positive (the eigenvectors' sign is arbitrary).
     """
     n, shape = latents.shape[0], latents.shape[1:]
-    x = latents.double().flatten(1)
-    if n < 2 or not 1 <= k <= min(n, x.shape[1]):
-        raise ValueError(f"need N >= 2 and 1 <= k <= min(N, D); got N={n}, D={x.shape[1]}, k={k}")
-    x = x - x.mean(0, keepdim=True)
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    dirs = vh[:k]  # (k, D), orthonormal rows
+    d = math.prod(shape)
+    if n < 2 or not 1 <= k <= min(n, d):
+        raise ValueError(f"need N >= 2 and 1 <= k <= min(N, D); got N={n}, D={d}, k={k}")
+    total, gram = torch.zeros(d, dtype=torch.float64), torch.zeros(d, d, dtype=torch.float64)
+    for rows in latents.flatten(1).split(block):
+        rows = rows.double()
+        total += rows.sum(0)
+        gram += rows.T @ rows
+    mu = total / n
+    cov = (gram - n * torch.outer(mu, mu)) / (n - 1)
+    evals, evecs = torch.linalg.eigh(cov)  # ascending
+    top = evals.argsort(descending=True)[:k]
+    dirs = evecs[:, top].T  # (k, D), orthonormal rows
     pivot = dirs.abs().argmax(1, keepdim=True)
     dirs = dirs * torch.sign(dirs.gather(1, pivot))
-    stds = s[:k] / math.sqrt(n - 1)
+    stds = evals[top].clamp(min=0).sqrt()
     return dirs.to(latents.dtype).view(k, *shape), stds.to(latents.dtype)
 
 
