@@ -21,7 +21,7 @@ that does not grow with the data is the point. The PIL baseline and prepare both
 cache (the baseline runs first and warms it), so neither pays for the disk.
 
     .venv/bin/python bench/prepare_memory.py --work /tmp/genlab-bench-100k
-Prints a markdown table and writes JSON to --out (bench/prepare_memory.json).
+Prints a markdown table and writes JSON to --out (bench/results/prepare_memory.json).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--n-small", type=int, default=10_000, help="the same stages on this many: memory vs data size")
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "prepare_memory.json")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "prepare_memory.json")
     args = ap.parse_args()
 
     env = {**os.environ, "DO_NOT_TRACK": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO / "src")}
