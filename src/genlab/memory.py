@@ -32,8 +32,8 @@ GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")  # NVIDIA, AMD ROC
 M_MMAP_THRESHOLD = -3  # mallopt parameter (malloc.h)
 MMAP_THRESHOLD = 128 * 1024  # glibc's initial value; setting it explicitly turns off its dynamic adjustment
 STEPS_THRESHOLD = 32 * 1024 * 1024  # the ceiling of glibc's dynamic threshold on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
-LARGE_STEPS_THRESHOLD = 8 * 1024 * 1024  # images over LARGE_FROM px
-LARGE_FROM = 33
+LARGE_STEPS_THRESHOLD = 8 * 1024 * 1024  # images over LARGE_OVER px
+LARGE_OVER = 32
 _steps_threshold = STEPS_THRESHOLD
 _depth = 0  # heap_for_steps nests (a sampler inside a training loop's cheap FID): only the outermost restores
 
@@ -56,7 +56,7 @@ def set_steps_threshold(image_size: int) -> int:
     """The largest block `heap_for_steps` takes from the heap in this process, for a stage on `image_size`-px
     images: 32 MB, or 8 MB over 32 px (the module's docstring). Changes speed and memory, never a result."""
     global _steps_threshold
-    _steps_threshold = LARGE_STEPS_THRESHOLD if image_size >= LARGE_FROM else STEPS_THRESHOLD
+    _steps_threshold = LARGE_STEPS_THRESHOLD if image_size > LARGE_OVER else STEPS_THRESHOLD
     return _steps_threshold
 
 

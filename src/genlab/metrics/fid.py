@@ -167,6 +167,7 @@ class ImageSet(torch.utils.data.Dataset):
 # same numbers); above, blocks move a distance by float rounding only.
 PRC_BLOCK = 2**23  # 32 MB of float32 distances
 
+
 def prc_batch_size(*counts: int) -> int:
     """Rows per precision/recall distance block for feature sets of these sizes: at most 10,000 (torch-fidelity's
     default) and at most PRC_BLOCK / max(counts), at least 64."""
