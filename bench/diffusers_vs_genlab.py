@@ -19,7 +19,8 @@ Arms, trained one after another in this process on the same prepared data, each 
                   num_class_embeds = classes + 1, the last the null label dropped in with `pixel.p_uncond`),
                   trained as diffusers' examples train it (DDPMScheduler noise, eps MSE, AdamW, grad-norm clip 1,
                   EMAModel), with one of RECIPES. A recipe's EMA decays are kept side by side in one run (each its
-                  own shadow copy): the EMA is tuned without retraining.
+                  own shadow copy): the EMA is tuned without retraining. One EMA update per step is on the
+                  clock, the other decays' off it.
 RECIPES: `example` is diffusers' train_unconditional recipe (6.5 M parameters, lr 1e-4, EMA 0.9999 with warm-up:
 made for GPUs and long runs, kept for reference); `new-user` the setting a new user finds in an afternoon (1.1 M
 parameters, AdamW lr 1e-3, cosine schedule, batch 128, short EMA); the others move one of its knobs (lr, width,
@@ -64,6 +65,7 @@ from genlab.checkpoint import save_snapshot
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import sources, splits
 from genlab.diffusion.loss import drop_labels
+from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, compute_reference, nearest_distances, score_against
 from genlab.models.vae import reparameterize
@@ -175,10 +177,11 @@ class Trained:
     extra_seconds: float = 0.0  # training time spent before the budget (genlab-latent: its VAE's)
 
 
-def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_size: int) -> tuple[Budget, list[Mark]]:
+def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_size: int,
+              off_clock: Callable[[], None] | None = None) -> tuple[Budget, list[Mark]]:
     """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
     of wall-clock have passed, checked after each optimizer step; `snapshot` every `bench.every` seconds and at the
-    end, with the clock stopped."""
+    end, and `off_clock` after every step (the bench's own extra work), with the clock stopped."""
     seed, n = bench.params.seed, len(bench.train)
     load = os.getloadavg()[0]
     if load > bench.threads + 0.5:  # the bench alone keeps it near its thread count
@@ -188,15 +191,18 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
     times: list[float] = []
     marks: list[Mark] = []
     clock = 0.0  # training seconds, snapshots excluded
-    while clock < bench.seconds:
-        k, t0 = len(losses), time.perf_counter()
-        losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k)))
-        times.append(time.perf_counter() - t0)
-        clock += times[-1]
-        if clock >= bench.every * (len(marks) + 1) or clock >= bench.seconds:
-            marks.append(Mark(clock, len(losses) * batch_size, snapshot()))
-            log.info("%s: %d images seen, %.0f s, loss %.4f", arm, len(losses) * batch_size, clock,
-                     sum(losses[-10:]) / len(losses[-10:]))
+    with heap_for_steps():  # every arm's steps as `training.train` runs genlab's (genlab.memory)
+        while clock < bench.seconds:
+            k, t0 = len(losses), time.perf_counter()
+            losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k)))
+            times.append(time.perf_counter() - t0)
+            clock += times[-1]
+            if off_clock is not None:
+                off_clock()
+            if clock >= bench.every * (len(marks) + 1) or clock >= bench.seconds:
+                marks.append(Mark(clock, len(losses) * batch_size, snapshot()))
+                log.info("%s: %d images seen, %.0f s, loss %.4f", arm, len(losses) * batch_size, clock,
+                         sum(losses[-10:]) / len(losses[-10:]))
     tail = losses[-10:]
     b = Budget(images_seen=len(losses) * batch_size, train_seconds=clock, final_loss=sum(tail) / len(tail),
                median_step_seconds=sorted(times)[len(times) // 2], load_average=load)
@@ -316,6 +322,7 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     warmup = {"use_ema_warmup": True, "inv_gamma": 1.0, "power": 3 / 4} if recipe.ema_warmup else {}
     emas = {f"ema {d:g}": EMAModel(model.parameters(), decay=d, **warmup) for d in recipe.emas}
+    first, *others = emas.values()
     null = bench.num_classes
     batch = min(recipe.batch_size, len(train))
 
@@ -331,14 +338,17 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        for ema in emas.values():
-            ema.step(model.parameters())
+        first.step(model.parameters())  # one EMA on the clock, as a run of this recipe keeps one
         return loss.item()
+
+    def other_emas() -> None:  # the sweep's other decays: the bench's extra work, off the clock
+        for ema in others:
+            ema.step(model.parameters())
 
     def snapshot() -> dict[str, Any]:
         return {v: [p.detach().clone() for p in ema.shadow_params] for v, ema in emas.items()}
 
-    budget, marks = train_for(f"peer:{name}", step, snapshot, bench, batch)
+    budget, marks = train_for(f"peer:{name}", step, snapshot, bench, batch, other_emas)
     ema_model, ddim, w = copy.deepcopy(model), DDIMScheduler.from_config(noise_scheduler.config), pixel.guidance_scale
 
     def load(variant: str, weights: Any) -> Sample:
@@ -346,9 +356,12 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
             for p, shadow in zip(ema_model.parameters(), weights, strict=True):
                 p.copy_(shadow)
         b = bench.params.sample.batch_size
-        return lambda labels, seeds: torch.cat([
-            diffusers_ddim(ema_model, ddim, labels[i : i + b], seeds[i : i + b], bench.steps, w, null)
-            for i in range(0, len(seeds), b)])
+
+        @heap_for_steps()  # as genlab's samplers run (genlab.memory)
+        def sample(labels: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+            return torch.cat([diffusers_ddim(ema_model, ddim, labels[i : i + b], seeds[i : i + b], bench.steps, w,
+                                             null) for i in range(0, len(seeds), b)])
+        return sample
 
     settings = {"sampler": "ddim (diffusers DDIMScheduler)", "steps": bench.steps, "eta": 0.0, "guidance_scale": w,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()}}
@@ -391,11 +404,17 @@ def run_arm(bench: Bench, arm: str) -> dict[str, Any]:
         trained = genlab_arm(bench, arm.removeprefix("genlab-"))
     curves: dict[str, list[dict[str, Any]]] = {}
     for mark in trained.marks:
+        scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
         for variant, weights in mark.weights.items():
             t0 = time.perf_counter()
-            row = score_mark(bench, trained.load(variant, weights))
+            # equal weights sample equal images: diffusers' EMAModel caps every decay at (1 + n) / (10 + n) after
+            # n steps, so decays 0.99, 0.995 and 0.999 hold the same weights for the first ~1,000 steps
+            same = next((r for w, r in scored if same_weights(w, weights)), None)
+            row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights))
+            scored.append((weights, row))
             row.update(seconds=mark.seconds, total_seconds=mark.seconds + trained.extra_seconds,
-                       images_seen=mark.images_seen, score_seconds=time.perf_counter() - t0)
+                       images_seen=mark.images_seen, score_seconds=time.perf_counter() - t0,
+                       same_weights_as_earlier_variant=same is not None)
             curves.setdefault(variant, []).append(row)
             log.info("%s %s at %.0f s: FID/floor %.3f (%.3f-%.3f), accuracy %.3f, Z_U %.1f", arm, variant,
                      mark.seconds, row["fid_ratio"], row["fid_ratio_min"], row["fid_ratio_max"],
@@ -403,6 +422,15 @@ def run_arm(bench: Bench, arm: str) -> dict[str, Any]:
     b = trained.budget
     return {"parameters": trained.parameters, "settings": trained.settings, "extra_seconds": trained.extra_seconds,
             **asdict(b), "images_per_second": b.images_seen / b.train_seconds, "curves": curves}
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Two weight copies (a state dict, or a list of tensors) equal bit for bit."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_weights(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(same_weights(x, y) for x, y in zip(a, b, strict=True))
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def time_to_floor(curve: list[dict[str, Any]]) -> float | None:
@@ -506,7 +534,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
-    bench = make_bench(args)
+    fix_mmap_threshold()  # the process set up as a stage's (genlab.cli.main, run_stage): 128 KiB outside loops of
+    bench = make_bench(args)  # steps, which take heap blocks up to set_steps_threshold's ceiling
+    set_steps_threshold(bench.train.images.shape[-1])
     log.info("budget %.0f s per arm, marks every %.0f s, %d DDIM steps, %d sets of %d samples per mark, arms %s, "
              "device %s, %d threads; floor FID %.3f", args.seconds, args.every, args.steps, args.sample_seeds,
              len(bench.labels), args.arms, bench.device, args.threads, bench.floor["fid"])

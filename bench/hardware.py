@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,23 +123,35 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
     return out
 
 
-def train_rows(params: Params, ctx: Context, seconds: float, peak: float) -> dict[str, dict[str, float]]:
+def train_rows(params: Params, ctx: Context, seconds: float, peak: float,
+               compile_names: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
+    """A row per workload; for each of `compile_names` also "<name> (compiled)": the same step with
+    `compute.compile` (its FLOPs are the eager step's: FlopCounterMode does not see inside compiled kernels), with
+    the compile time (the first two steps) beside it."""
     rows = {}
     proc = psutil.Process()
-    for name, (batch, step) in workloads(params, ctx).items():
+    eager = workloads(params, ctx)
+    compiled_ctx = replace(ctx, compute=params.compute.model_copy(update={"compile": True}))
+    compiled = workloads(params, compiled_ctx) if compile_names else {}
+    for name, (batch, step) in [*eager.items(), *((f"{n} (compiled)", compiled[n]) for n in compile_names)]:
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        flops = step_flops(step)
+        flops = rows[name.removesuffix(" (compiled)")]["flops"] if name.endswith("(compiled)") else step_flops(step)
+        t0 = time.perf_counter()
         times = time_steps(step, ctx.device, seconds)
+        warmup = time.perf_counter() - t0 - sum(times)
         med = statistics.median(times)
         rows[name] = {"batch": batch, "images_per_s": round(batch / med, 1), "step_ms": round(1000 * med, 2),
                       "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(flops / med / 1e9, 2),
-                      "pct_of_matmul": round(100 * flops / med / peak, 1)}
+                      "pct_of_matmul": round(100 * flops / med / peak, 1), "flops": flops,
+                      "warmup_s": round(warmup, 1)}
         if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the stages' own
             rows[name]["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1024**3, 3)
         else:  # per-process peaks are bench/prepare_memory.py's)
             rows[name]["process_rss_gb"] = round(proc.memory_info().rss / 1024**3, 3)
         log.info("train %s: %s", name, rows[name])
+    for r in rows.values():
+        del r["flops"]
     return rows
 
 
@@ -210,7 +223,12 @@ def main() -> None:
     ap.add_argument("--sample-batch", type=int, default=None, help="latents per DDIM batch (CPU 360, CUDA 1024)")
     ap.add_argument("--project", type=Path, default=None, help="a project after `dvc repro`: orchestration overhead")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hardware.json")
+    ap.add_argument("--compile", default="", help="workloads also timed under torch.compile, e.g. latent_unet")
     args = ap.parse_args()
+    compile_names = tuple(n.strip() for n in args.compile.split(",") if n.strip())
+    known = ("evaluator", "vae", "latent_unet", "pixel_unet", "gan")
+    if set(compile_names) - set(known):
+        ap.error(f"--compile: expected some of {', '.join(known)}, got {args.compile!r}")
     fix_mmap_threshold()  # the allocator settings of a `genlab` stage process (cli.run_stage)
     device = resolve(args.device)
     params = Params()  # the defaults; compute.precision fp32
@@ -224,7 +242,7 @@ def main() -> None:
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1)}
     if device.type == "cuda":
         result["matmul_peak_gflops_bf16"] = round(matmul_peak(device, torch.bfloat16, 3.0) / 1e9, 1)
-    result["train"] = train_rows(params, ctx, args.seconds, peak)
+    result["train"] = train_rows(params, ctx, args.seconds, peak, compile_names)
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
     if args.project is not None:
@@ -232,9 +250,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{result['device']}, {result['threads']} threads; matmul {result['matmul_peak_gflops_fp32']} GFLOP/s fp32")
-    print(f"{'train step':12s} {'batch':>5s} {'img/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>9s} {'% matmul':>9s}")
+    print(f"{'train step':23s} {'batch':>5s} {'img/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>9s} {'% matmul':>9s}")
     for name, r in result["train"].items():
-        print(f"{name:12s} {r['batch']:5d} {r['images_per_s']:9.1f} {r['gflop_per_step']:11.3f} "
+        print(f"{name:23s} {r['batch']:5d} {r['images_per_s']:9.1f} {r['gflop_per_step']:11.3f} "
               f"{r['achieved_gflops']:9.2f} {r['pct_of_matmul']:9.1f}")
     for name, r in result["sampling"].items():
         print(f"{name:18s} batch {r['batch']}: {r['latents_per_s']:.0f} latents/s, "
