@@ -504,6 +504,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def write_json(path: Path, out: dict[str, Any]) -> None:
+    """A bench's results, as JSON, at `path` (its folder made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    log.info("wrote %s", path)
+
+
 def make_bench(args: argparse.Namespace) -> Bench:
     """The shared data, the sampling request and the scoring reference (the train split's features, extracted once)."""
     paths = Paths(args.project.resolve())
@@ -557,9 +564,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "threads": args.threads, "device": str(bench.device), "seed": bench.params.seed,
            "sample_seed": bench.params.sample.seed, "feature_extractor": bench.extractor.note, "floor": bench.floor,
            "arms": results, **summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    log.info("wrote %s", args.out)
+    write_json(args.out, out)
     return out
 
 

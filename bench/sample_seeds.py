@@ -14,7 +14,6 @@ Prints a markdown table and writes JSON to --out (bench/results/sample_seeds.jso
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import sys
@@ -25,7 +24,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusers_vs_genlab import SPREAD, make_bench, score  # noqa: E402
+from diffusers_vs_genlab import SPREAD, make_bench, score, write_json  # noqa: E402
 
 from genlab.config import load_params  # noqa: E402
 from genlab.memory import fix_mmap_threshold, set_steps_threshold  # noqa: E402
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(pd.DataFrame({f: {c: r[c] for c in cols} for f, r in results.items()}).T.to_markdown(floatfmt=".3g"))
     out = {"project": str(args.project.resolve()), "floor": bench.floor, "feature_extractor": bench.extractor.note,
            "sample_seed": bench.params.sample.seed, "families": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    log.info("wrote %s", args.out)
+    write_json(args.out, out)
     return out
 
 
