@@ -382,18 +382,28 @@ def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str,
 SPREAD = ("fid_ratio", "class_accuracy", "copy_z", "nn_ratio", "precision", "recall")
 
 
-def score_mark(bench: Bench, sample: Sample) -> dict[str, Any]:
-    """Every sample set of one mark scored; the mean of each number, and min and max of the headline ones."""
+def score_sets(bench: Bench, sample: Sample) -> list[dict[str, Any]]:
+    """Each of `bench.seed_sets` sampled and scored, with its FID/floor."""
     sets = []
     for seeds in bench.seed_sets:
         m = score(bench, sample(bench.labels, seeds), bench.labels)
         m["fid_ratio"] = m["fid"] / bench.floor["fid"]
         sets.append(m)
+    return sets
+
+
+def summarize_sets(sets: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of each number over the sets, and min and max of the headline ones."""
     out: dict[str, Any] = {k: statistics.fmean(s[k] for s in sets) for k in sets[0]}
     for k in SPREAD:
         out[f"{k}_min"], out[f"{k}_max"] = min(s[k] for s in sets), max(s[k] for s in sets)
     out["sets"] = len(sets)
     return out
+
+
+def score_mark(bench: Bench, sample: Sample) -> dict[str, Any]:
+    """Every sample set of one mark scored and summarized."""
+    return summarize_sets(score_sets(bench, sample))
 
 
 def run_arm(bench: Bench, arm: str) -> dict[str, Any]:

@@ -131,27 +131,26 @@ def train_rows(params: Params, ctx: Context, seconds: float, peak: float,
     rows = {}
     proc = psutil.Process()
     eager = workloads(params, ctx)
-    compiled_ctx = replace(ctx, compute=params.compute.model_copy(update={"compile": True}))
-    compiled = workloads(params, compiled_ctx) if compile_names else {}
+    compiled = workloads(params, replace(ctx, compute=params.compute.model_copy(update={"compile": True}))) \
+        if compile_names else {}
+    eager_flops: dict[str, int] = {}
     for name, (batch, step) in [*eager.items(), *((f"{n} (compiled)", compiled[n]) for n in compile_names)]:
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        flops = rows[name.removesuffix(" (compiled)")]["flops"] if name.endswith("(compiled)") else step_flops(step)
+        base = name.removesuffix(" (compiled)")
+        flops = eager_flops[base] if base != name else eager_flops.setdefault(name, step_flops(step))
         t0 = time.perf_counter()
         times = time_steps(step, ctx.device, seconds)
         warmup = time.perf_counter() - t0 - sum(times)
         med = statistics.median(times)
         rows[name] = {"batch": batch, "images_per_s": round(batch / med, 1), "step_ms": round(1000 * med, 2),
                       "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(flops / med / 1e9, 2),
-                      "pct_of_matmul": round(100 * flops / med / peak, 1), "flops": flops,
-                      "warmup_s": round(warmup, 1)}
+                      "pct_of_matmul": round(100 * flops / med / peak, 1), "warmup_s": round(warmup, 1)}
         if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the stages' own
             rows[name]["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1024**3, 3)
         else:  # per-process peaks are bench/prepare_memory.py's)
             rows[name]["process_rss_gb"] = round(proc.memory_info().rss / 1024**3, 3)
         log.info("train %s: %s", name, rows[name])
-    for r in rows.values():
-        del r["flops"]
     return rows
 
 

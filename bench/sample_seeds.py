@@ -17,6 +17,7 @@ import argparse
 import logging
 import statistics
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusers_vs_genlab import SPREAD, make_bench, score, write_json  # noqa: E402
+from diffusers_vs_genlab import SPREAD, Bench, make_bench, score_sets, summarize_sets, write_json  # noqa: E402
 
 from genlab.config import load_params  # noqa: E402
 from genlab.memory import fix_mmap_threshold, set_steps_threshold  # noqa: E402
@@ -34,32 +35,25 @@ from genlab.stages.sample import diffusion_settings  # noqa: E402
 log = logging.getLogger("bench")
 
 
-def family_sets(bench: Any, family: str, sets: int) -> list[dict[str, Any]]:
+def family_sets(bench: Bench, family: str, sets: int) -> list[dict[str, Any]]:
     """`sets` sample sets of `family` scored: the sample stage's seeds first, then image_seeds(seed, f"{family}-k")."""
     paths, params = bench.paths, bench.params
     cfg = params.ldm if family == "ldm" else params.pixel
     sampler = DiffusionSampler(paths.model(family), paths.model("vae") if family == "ldm" else None, bench.device)
-    n = len(bench.labels)
-    rows = []
-    for k in range(sets):
-        seeds = image_seeds(params.sample.seed, family if k == 0 else f"{family}-{k}", n)
-        images = generate(sampler, bench.labels, seeds, params.sample.batch_size, **diffusion_settings(cfg))
-        m = score(bench, images, bench.labels)
-        m["fid_ratio"] = m["fid"] / bench.floor["fid"]
+    seed_sets = [image_seeds(params.sample.seed, family if k == 0 else f"{family}-{k}", len(bench.labels))
+                 for k in range(sets)]
+    rows = score_sets(replace(bench, seed_sets=seed_sets), lambda labels, seeds: generate(
+        sampler, labels, seeds, params.sample.batch_size, **diffusion_settings(cfg)))
+    for k, m in enumerate(rows):
         log.info("%s set %d: FID/floor %.3f, accuracy %.4f, Z_U %.2f", family, k, m["fid_ratio"],
                  m["class_accuracy"], m["copy_z"])
-        rows.append(m)
     return rows
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {"sets": len(rows)}
-    for key in SPREAD:
-        values = [r[key] for r in rows]
-        out[key] = statistics.fmean(values)
-        out[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
-    return out
+    """The diffusers bench's summary of sample sets, with the standard deviation of the headline numbers."""
+    sd = {f"{k}_sd": statistics.stdev(r[k] for r in rows) if len(rows) > 1 else 0.0 for k in SPREAD}
+    return {**summarize_sets(rows), **sd}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
