@@ -123,22 +123,31 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
     return out
 
 
-def train_rows(params: Params, ctx: Context, seconds: float, peak: float,
-               compile_names: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
-    """A row per workload; for each of `compile_names` also "<name> (compiled)": the same step with
-    `compute.compile` (its FLOPs are the eager step's: FlopCounterMode does not see inside compiled kernels), with
-    the compile time (the first two steps) beside it."""
+VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"}}  # row suffix -> compute params
+
+
+def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, float],
+               variants: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
+    """A row per workload, against `peaks["fp32"]`; for each workload named in `variants[v]` also "<name> (v)": the
+    same step with VARIANTS[v]'s compute params, e.g. under `compute.compile` (compile time: the first two steps,
+    `warmup_s`) or bf16 autocast (against `peaks["bf16"]`, a bf16 matmul's). FLOPs are the eager fp32 step's:
+    FlopCounterMode does not see inside compiled kernels, and autocast changes no op's count."""
     rows = {}
     proc = psutil.Process()
-    eager = workloads(params, ctx)
-    compiled = workloads(params, replace(ctx, compute=params.compute.model_copy(update={"compile": True}))) \
-        if compile_names else {}
+    built = {"": workloads(params, ctx)}
+    for v, names in (variants or {}).items():
+        if names:
+            built[v] = workloads(params, replace(ctx, compute=params.compute.model_copy(update=VARIANTS[v])))
     eager_flops: dict[str, int] = {}
-    for name, (batch, step) in [*eager.items(), *((f"{n} (compiled)", compiled[n]) for n in compile_names)]:
+    runs = [(name, "", step) for name, (_, step) in built[""].items()]
+    runs += [(name, v, built[v][name][1]) for v, names in (variants or {}).items() for name in names]
+    for base, v, step in runs:
+        name = f"{base} ({v})" if v else base
+        batch = built[""][base][0]
+        peak = peaks["bf16" if v == "bf16" else "fp32"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        base = name.removesuffix(" (compiled)")
-        flops = eager_flops[base] if base != name else eager_flops.setdefault(name, step_flops(step))
+        flops = eager_flops[base] if v else eager_flops.setdefault(base, step_flops(step))
         t0 = time.perf_counter()
         times = time_steps(step, ctx.device, seconds)
         warmup = time.perf_counter() - t0 - sum(times)
@@ -146,6 +155,8 @@ def train_rows(params: Params, ctx: Context, seconds: float, peak: float,
         rows[name] = {"batch": batch, "images_per_s": round(batch / med, 1), "step_ms": round(1000 * med, 2),
                       "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(flops / med / 1e9, 2),
                       "pct_of_matmul": round(100 * flops / med / peak, 1), "warmup_s": round(warmup, 1)}
+        if v == "bf16":
+            rows[name]["matmul_dtype"] = "bf16"
         if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the stages' own
             rows[name]["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1024**3, 3)
         else:  # per-process peaks are bench/prepare_memory.py's)
@@ -223,11 +234,14 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=None, help="a project after `dvc repro`: orchestration overhead")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hardware.json")
     ap.add_argument("--compile", default="", help="workloads also timed under torch.compile, e.g. latent_unet")
+    ap.add_argument("--bf16", default="", help="workloads also timed under bf16 autocast, e.g. latent_unet")
     args = ap.parse_args()
-    compile_names = tuple(n.strip() for n in args.compile.split(",") if n.strip())
     known = ("evaluator", "vae", "latent_unet", "pixel_unet", "gan")
-    if set(compile_names) - set(known):
-        ap.error(f"--compile: expected some of {', '.join(known)}, got {args.compile!r}")
+    variants = {v: tuple(n.strip() for n in names.split(",") if n.strip())
+                for v, names in (("compiled", args.compile), ("bf16", args.bf16))}
+    for v, flag in (("compiled", "--compile"), ("bf16", "--bf16")):
+        if set(variants[v]) - set(known):
+            ap.error(f"{flag}: expected some of {', '.join(known)}, got {','.join(variants[v])!r}")
     fix_mmap_threshold()  # the allocator settings of a `genlab` stage process (cli.run_stage)
     device = resolve(args.device)
     params = Params()  # the defaults; compute.precision fp32
@@ -239,9 +253,12 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0],
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1)}
-    if device.type == "cuda":
-        result["matmul_peak_gflops_bf16"] = round(matmul_peak(device, torch.bfloat16, 3.0) / 1e9, 1)
-    result["train"] = train_rows(params, ctx, args.seconds, peak, compile_names)
+    peaks = {"fp32": peak}
+    if device.type == "cuda" or variants["bf16"]:
+        peaks["bf16"] = matmul_peak(device, torch.bfloat16, 3.0)
+        result["matmul_peak_gflops_bf16"] = round(peaks["bf16"] / 1e9, 1)
+        log.info("matmul peak (bfloat16): %.1f GFLOP/s", peaks["bf16"] / 1e9)
+    result["train"] = train_rows(params, ctx, args.seconds, peaks, variants)
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
     if args.project is not None:

@@ -84,12 +84,28 @@ def test_vae_step_runs_its_forward_in_the_given_context() -> None:
     assert seen == [torch.bfloat16] * 2
 
 
-def test_adam_is_fused_on_cuda_only() -> None:
+def test_adam_is_fused_and_takes_the_reference_steps() -> None:
     params = [torch.nn.Parameter(torch.zeros(3))]
     assert adam(params, torch.device("cuda"), lr=1e-3).defaults["fused"] is True
-    assert not adam(params, CPU, lr=1e-3).defaults["fused"]
     decoupled = adam(params, torch.device("cuda"), decoupled=True, lr=1e-3, weight_decay=0.0)
     assert isinstance(decoupled, torch.optim.AdamW) and decoupled.defaults["fused"] is True
+    # on CPU too, and its steps are torch's per-parameter AdamW's to float rounding
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 7, generator=g), torch.randn(7, generator=g)]
+    grads = [[torch.randn_like(t) for t in start] for _ in range(4)]
+    ours = [torch.nn.Parameter(t.clone()) for t in start]
+    ref = [torch.nn.Parameter(t.clone()) for t in start]
+    opt = adam(ours, CPU, decoupled=True, lr=1e-2, weight_decay=0.1)
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, weight_decay=0.1, foreach=False)
+    for step in grads:
+        for o, r, gr in zip(ours, ref, step, strict=True):
+            o.grad, r.grad = gr.clone(), gr.clone()
+        opt.step()
+        ref_opt.step()
+    for o, r, t in zip(ours, ref, start, strict=True):
+        assert not torch.equal(o, t)  # it moved
+        torch.testing.assert_close(o, r, rtol=1e-6, atol=1e-7)
 
 
 def test_autocast_is_off_unless_bf16() -> None:

@@ -178,9 +178,9 @@ def apply_gradients(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: t
     check = check or FiniteCheck()
     params = [p for p in module.parameters() if p.grad is not None]
     if max_norm is not None:
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)  # foreach: on CPU too
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     check.value(loss_name, loss)
     check.gradient(module_name, module, norm)
     opt.step()

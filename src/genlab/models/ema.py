@@ -15,8 +15,10 @@ def ema_copy(module: torch.nn.Module) -> torch.nn.Module:
 
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, module: torch.nn.Module, decay: float) -> None:
-    for p_ema, p in zip(ema.parameters(), module.parameters(), strict=True):
-        p_ema.lerp_(p, 1.0 - decay)
+    ema_params, params = list(ema.parameters()), list(module.parameters())
+    if len(ema_params) != len(params):
+        raise ValueError(f"EMA copy has {len(ema_params)} parameters, the module {len(params)}")
+    torch._foreach_lerp_(ema_params, params, 1.0 - decay)  # one pass over all tensors, not a loop of small ops
     for b_ema, b in zip(ema.buffers(), module.buffers(), strict=True):
         b_ema.copy_(b)
 
