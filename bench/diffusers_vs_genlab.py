@@ -62,6 +62,7 @@ from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 
 from genlab.checkpoint import save_snapshot
+from genlab.compute import adam
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import sources, splits
 from genlab.diffusion.loss import drop_labels
@@ -319,9 +320,9 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
     model = diffusers_unet(bench, recipe.channels, recipe.layers).to(device)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.schedule)
     T = noise_scheduler.config.num_train_timesteps
-    # fused AdamW, foreach EMA and clipping: the implementations genlab's own step uses (genlab.compute.adam)
-    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay,
-                            fused=device.type in ("cpu", "cuda"))
+    # genlab's optimizer builder (fused AdamW), foreach EMA and clipping: the implementations genlab's step uses
+    opt = adam(model.parameters(), device, decoupled=True, lr=recipe.lr, betas=recipe.betas,
+               weight_decay=recipe.weight_decay)
     warmup = {"use_ema_warmup": True, "inv_gamma": 1.0, "power": 3 / 4} if recipe.ema_warmup else {}
     emas = {f"ema {d:g}": EMAModel(model.parameters(), decay=d, foreach=True, **warmup) for d in recipe.emas}
     first, *others = emas.values()

@@ -237,11 +237,11 @@ def main() -> None:
     ap.add_argument("--bf16", default="", help="workloads also timed under bf16 autocast, e.g. latent_unet")
     args = ap.parse_args()
     known = ("evaluator", "vae", "latent_unet", "pixel_unet", "gan")
-    variants = {v: tuple(n.strip() for n in names.split(",") if n.strip())
-                for v, names in (("compiled", args.compile), ("bf16", args.bf16))}
-    for v, flag in (("compiled", "--compile"), ("bf16", "--bf16")):
+    variants = {}
+    for v, flag, names in (("compiled", "--compile", args.compile), ("bf16", "--bf16", args.bf16)):
+        variants[v] = tuple(n.strip() for n in names.split(",") if n.strip())
         if set(variants[v]) - set(known):
-            ap.error(f"{flag}: expected some of {', '.join(known)}, got {','.join(variants[v])!r}")
+            ap.error(f"{flag}: expected some of {', '.join(known)}, got {names!r}")
     fix_mmap_threshold()  # the allocator settings of a `genlab` stage process (cli.run_stage)
     device = resolve(args.device)
     params = Params()  # the defaults; compute.precision fp32
