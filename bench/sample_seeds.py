@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           sample_seeds=1, seconds=1.0, every=1.0, steps=1, threads=args.threads))
     set_steps_threshold(bench.train.images.shape[-1])
     results = {f: {"per_set": (rows := family_sets(bench, f, args.sets)), **summary(rows)} for f in families}
-    cols = ["sets", "fid_ratio", "fid_ratio_sd", "fid_ratio_min", "fid_ratio_max", "class_accuracy",
+    cols = ["sets", "fid_ratio", "fid_ratio_sd", "fid_ratio_min", "fid_ratio_max", "pixel_fid_ratio", "class_accuracy",
             "class_accuracy_min", "copy_z", "copy_z_min", "nn_ratio"]
     print(pd.DataFrame({f: {c: r[c] for c in cols} for f, r in results.items()}).T.to_markdown(floatfmt=".3g"))
     out = {"project": str(args.project.resolve()), "floor": bench.floor, "feature_extractor": bench.extractor.note,

@@ -130,6 +130,38 @@ def test_compute_settings_are_part_of_a_runs_identity(tmp_path) -> None:  # noqa
     assert compiled(torch.nn.Linear(2, 2), ComputeConfig()).__class__ is torch.nn.Linear
 
 
+def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`vae.precision: bf16` runs `train_vae` under bf16 and leaves every other stage at `compute.precision`
+    (fp32): what `genlab <stage>` hands each stage's `run`."""
+    import importlib
+    import types
+
+    import yaml
+
+    from genlab import cli
+    from genlab.config import load_params
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["vae"]["precision"] = "bf16"
+    params["ldm"]["precision"] = params["evaluator"]["precision"] = None
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    seen: dict[str, ComputeConfig] = {}
+    real = importlib.import_module
+
+    def fake(name: str) -> object:  # the stage modules: record the compute settings `run` gets
+        if not name.startswith("genlab.stages."):
+            return real(name)
+        return types.SimpleNamespace(run=lambda *args: seen.setdefault(name.rsplit(".", 1)[1], args[-1].compute))
+
+    monkeypatch.setattr(cli.importlib, "import_module", fake)
+    for stage in ("train_vae", "train_ldm", "train_evaluator", "reference_stats"):
+        cli.run_stage(stage, tmp_path / "params.yaml", tmp_path)
+    assert seen["train_vae"] == ComputeConfig(precision="bf16")
+    assert seen["train_ldm"] == seen["train_evaluator"] == seen["reference_stats"] == ComputeConfig()
+    loaded = load_params(tmp_path / "params.yaml")
+    assert loaded.compute_for("vae").precision == "bf16" and loaded.compute_for("gan") is loaded.compute
+
+
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager() -> None:
     """compute.compile: the stage's step through torch.compile (inductor, C++ on CPU) gives the eager losses and

@@ -55,11 +55,12 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     try:
         if world.size > 1:
             check_world_size(params, world.size)
+        compute = params.compute_for(STAGES[stage][0]) if stage in TRAINING else params.compute
         ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=device, world=world,
-                      compute=params.compute)
+                      compute=compute)
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed
         deterministic(ctx.device)
-        configure(ctx.device, params.compute)
+        configure(ctx.device, compute)
         module = importlib.import_module(f"genlab.stages.{stage}")
         extra = (family,) if stage == "sample" else ()  # one family per sample stage
         return module.run(*(getattr(params, section) for section in STAGES[stage]), ctx, *extra)
