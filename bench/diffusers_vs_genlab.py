@@ -125,6 +125,7 @@ RECIPES = {
     "linear": replace(NEW_USER, schedule="linear"),
     "batch-64": replace(NEW_USER, batch_size=64),
     "v": replace(NEW_USER, prediction="v_prediction"),
+    "v-lr-2e-3": replace(NEW_USER, prediction="v_prediction", lr=2e-3),  # v with the best eps peer's lr
 }
 
 
