@@ -251,7 +251,9 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     stage = "train_ldm" if space == "latent" else "train_pixel"
     source, names = bench.manifest["source"], sources.class_names(bench.manifest)
-    ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device, compute=bench.params.compute)
+    # the stage's compute settings: `compute`, with the section's own precision when it sets one (cli.run_stage)
+    ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device,
+                  compute=bench.params.compute_for("ldm" if space == "latent" else "pixel"))
     run = build_step(stage, cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
 
