@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import BIN, hermetic_env, sh
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -72,3 +74,12 @@ def test_closure_follows_imports_inside_functions() -> None:
     closure = import_closure("genlab.stages.train_ldm")
     assert "src/genlab/models/text.py" in closure and "src/genlab/stages/diffusion_training.py" in closure
     assert "src/genlab/cli.py" not in closure and "src/genlab/__init__.py" in closure
+
+
+def test_bytecode_caches_are_not_code_dependencies(tmp_path: Path) -> None:
+    """An import writes __pycache__ next to the code; under a directory dependency (src/genlab/metrics) that would
+    change its hash and re-run every stage after the first `import`. .dvcignore keeps them out of every hash."""
+    caches = ["src/genlab/metrics/__pycache__/fid.cpython-311.pyc", "src/genlab/__pycache__/cli.cpython-312.pyc"]
+    out = sh([str(BIN / "dvc"), "check-ignore", *caches, "src/genlab/metrics/fid.py"], ROOT, hermetic_env(tmp_path),
+             check=False)
+    assert out.stdout.split() == caches, out.stdout + out.stderr
