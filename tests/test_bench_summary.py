@@ -1,0 +1,51 @@
+"""The diffusers bench's verdicts: time to the floor, its bound when only genlab gets there, the excess at 300 s,
+and per-arm budgets. Synthetic curves stand in for trained arms, so the arithmetic is checked, not the models."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
+import diffusers_vs_genlab as bench  # noqa: E402
+
+
+def curve(points: list[tuple[float, float]], extra: float = 0.0) -> list[dict]:
+    """Marks at (seconds, FID/floor)."""
+    return [{"seconds": s, "total_seconds": s + extra, "fid_ratio": r} for s, r in points]
+
+
+def results(genlab: list[dict], peers: dict[str, list[dict]]) -> dict:
+    return {"genlab-latent": {"curves": {"ema": genlab}},
+            **{arm: {"curves": {"ema 0.99": c}} for arm, c in peers.items()}}
+
+
+def test_the_time_ratio_is_a_bound_when_only_genlab_reaches_the_floor() -> None:
+    genlab = curve([(300, 4.0), (600, 1.2), (750, 1.08), (900, 1.05)], extra=116)
+    peer = curve([(300, 21.7), (900, 37.5), (1800, 35.8)])
+    out = bench.summarize(results(genlab, {"peer:v": peer}))
+    assert out["rows"]["genlab-latent (ema)"]["time_to_floor"] == 866  # the first mark <= 1.1x, the VAE counted
+    assert out["time_ratio"] is None and out["time_ratio_below"] == pytest.approx(866 / 1800)
+    assert out["excess_ratio"] == pytest.approx(3.0 / 20.7)
+
+
+def test_the_best_peer_is_the_smallest_excess_at_300_s_and_gives_a_plain_ratio() -> None:
+    genlab = curve([(300, 2.0), (600, 1.05)])
+    slow = curve([(300, 30.0), (600, 1.09)])  # reaches the floor, but further from it at 300 s
+    fast = curve([(300, 11.0), (1200, 1.1)])
+    out = bench.summarize(results(genlab, {"peer:a": slow, "peer:b": fast}))
+    assert out["best_peer"] == "peer:b (ema 0.99)"
+    assert out["time_ratio"] == pytest.approx(600 / 1200) and out["time_ratio_below"] is None
+    assert out["excess_ratio"] == pytest.approx(1.0 / 10.0)
+
+
+def test_budgets_per_arm() -> None:
+    args = bench.parse_args(["--arms", "genlab-latent,peer:v", "--seconds", "1050", "--every", "150",
+                             "--budget", "peer:v=1800/300"])
+    assert args.budgets == {"genlab-latent": (1050.0, 150.0), "peer:v": (1800.0, 300.0)}
+    for bad in ("peer:wide=600", "peer:v=ten", "peer:v=1800/120", "peer:v=-5"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--arms", "genlab-latent,peer:v", "--every", "100", "--budget", bad])
