@@ -230,7 +230,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     """genlab's training step for `space` ("latent" or "pixel") from the stage's own builder, under a wall-clock
     budget; each mark's EMA weights sample through `DiffusionSampler` from a snapshot with the config the stage
     writes."""
-    cfg: DiffusionConfig = bench.params.ldm if space == "latent" else bench.params.pixel
+    section = "ldm" if space == "latent" else "pixel"  # the params section, and train_<section> its stage
+    cfg: DiffusionConfig = getattr(bench.params, section)
     device, train = bench.device, bench.train
     extra: dict[str, Any] = {"space": space}
     vae_dir = bench.paths.model("vae") if space == "latent" else None
@@ -251,12 +252,11 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
             return train.images[idx]
         shape = list(train.images.shape[1:])
 
-    stage = "train_ldm" if space == "latent" else "train_pixel"
     source, names = bench.manifest["source"], sources.class_names(bench.manifest)
     # the stage's compute settings: `compute`, with the section's own precision when it sets one (cli.run_stage)
     ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device,
-                  compute=bench.params.compute_for("ldm" if space == "latent" else "pixel"))
-    run = build_step(stage, cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
+                  compute=bench.params.compute_for(section))
+    run = build_step(f"train_{section}", cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
