@@ -19,9 +19,12 @@ import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
+from genlab.data import splits
 from genlab.data.store import images_of
-from genlab.metrics.fid import extract_features, make_extractor
+from genlab.metrics.fid import class_accuracy, extract_features, make_extractor
 from genlab.metrics.reference import load_reference, reference_key
+from genlab.sampling import load_vae
+from genlab.stages import train_vae
 from tests.conftest import sh
 
 FAMILIES = ("vae", "ldm", "pixel", "gan")
@@ -177,6 +180,13 @@ def test_generative_depth_outputs(repro: tuple[Path, dict[str, str], str]) -> No
         assert (vae / f"{name}.png").stat().st_size > 0, name
     m = json.loads((root / "metrics" / "train_vae.json").read_text())
     assert m["rfid"] > 0 and m["prior_fid"] > 0 and m["ae_prior_fid"] > 0 and 0 <= m["arithmetic_accuracy"] <= 1
+    # the LDM's ceiling: the evaluator on the VAE's reconstructions of the test split (means, not samples)
+    test = splits.read_all(root / "data" / "prepared")[0]["test"]
+    net, _ = load_vae(vae, torch.device("cpu"))
+    with torch.no_grad():  # the stage's own batching, so the same bits
+        rec = train_vae.decode(net, train_vae.encode(net, test.images, torch.device("cpu"))[0], torch.device("cpu"))
+    evaluator = root / "models" / "evaluator" / "model.safetensors"
+    assert m["recon_class_accuracy"] == pytest.approx(class_accuracy(evaluator, rec, test.attributes), abs=1e-6)
     for stage in ("train_ldm", "train_pixel"):
         bpd = json.loads((root / "metrics" / f"{stage}.json").read_text())["test_bits_per_dim"]
         assert np.isfinite(bpd)

@@ -60,10 +60,13 @@ def check_run(root: Path, env: dict, labelled: bool) -> dict:
     assert (root / "reports" / "report.html").is_file() and (root / "reports" / "comparison.md").is_file()
     for fam in FAMILIES:
         assert np.isfinite(m[fam]["fid"]) and m[fam]["fid"] > 0
+    vae = json.loads((root / "metrics" / "train_vae.json").read_text())
     if labelled:
         assert 0 <= m["ldm"]["class_accuracy"] <= 1 and "per_class_fid" in m["gan"]
+        assert 0 <= vae["recon_class_accuracy"] <= 1
     else:  # absent, not zero
         assert all("class_accuracy" not in m[f] and "per_class_fid" not in m[f] for f in (*FAMILIES, "floor"))
+        assert "recon_class_accuracy" not in vae
         assert table["class_accuracy"].isna().all() if "class_accuracy" in table else True
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
