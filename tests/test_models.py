@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from genlab.config import ComputeConfig, EvaluatorConfig
 from genlab.models.ema import ema_copy, ema_decay, ema_update
-from genlab.models.evaluator import Evaluator, random_shift, stem_stride_for
+from genlab.models.evaluator import Evaluator, random_noise, random_shift, stem_stride_for
 from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss
 from genlab.models.layers import timestep_embedding
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
+from genlab.paths import Paths
+from genlab.randomness import batch_indices, generator
+from genlab.stages.common import Context
+from genlab.stages.train_evaluator import build_step
 
 
 def _x(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -206,6 +212,16 @@ def test_random_shift_is_a_translation() -> None:
     assert torch.equal(out, random_shift(x, torch.Generator().manual_seed(0), max_shift=1))
 
 
+def test_random_noise_has_a_per_image_std_up_to_the_maximum() -> None:
+    x = torch.zeros(64, 1, 32, 32)  # mid-grey: no clamping, so the residual is the noise itself
+    out = random_noise(x, torch.Generator().manual_seed(0), max_std=0.05)
+    std = (out - x).flatten(1).std(1)
+    assert std.max() <= 0.05 * 1.1 and std.min() < 0.01 < 0.04 < std.max()  # sigma ~ U(0, 0.05), one per image
+    assert torch.equal(out, random_noise(x, torch.Generator().manual_seed(0), max_std=0.05))
+    black = random_noise(-torch.ones(4, 3, 8, 8), torch.Generator().manual_seed(1), max_std=0.5)
+    assert black.min() == -1 and black.max() <= 1 and (black > -1).any()  # clamped to the pixel range
+
+
 # ---------------------------------------------------------------------------------------------- EMA
 
 
@@ -257,3 +273,18 @@ def test_ema_decay_schedule() -> None:
     assert ema_decay(0, 64, 20000, rampup=0) == pytest.approx(0.5 ** (64 / 20000))
     decays = [ema_decay(n, 64, 20000) for n in (0, 1000, 10000, 100000, 200000, 400000)]
     assert decays == sorted(decays) and decays[-2] == decays[-1]
+
+
+def test_evaluator_step_adds_noise_only_when_asked() -> None:
+    """The stage's step: noise_std > 0 changes what the evaluator sees; with or without, the same bits each time."""
+    g0 = torch.Generator().manual_seed(0)
+    x_all, labels = torch.rand(64, 1, 16, 16, generator=g0) * 2 - 1, (torch.arange(64) % 10)[:, None]
+    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=torch.device("cpu"), compute=ComputeConfig())
+
+    def first_loss(noise_std: float) -> torch.Tensor:
+        b = build_step(EvaluatorConfig(batch_size=16, noise_std=noise_std), ctx, 1, [10], x_all, labels)
+        return b.step(batch_indices(0, 0, 64, 16), generator(0, "test", 0))["loss"]
+
+    assert torch.equal(first_loss(0.0), first_loss(0.0))
+    assert torch.equal(first_loss(0.1), first_loss(0.1))
+    assert not torch.equal(first_loss(0.0), first_loss(0.1))

@@ -63,6 +63,7 @@ class TrainConfig(Section):
 class EvaluatorConfig(TrainConfig):
     train_images: int = Field(40000, ge=1)
     width: int = Field(32, ge=4, le=512)  # channels of the first conv; features are 4*width wide
+    noise_std: float = Field(0.0, ge=0, le=1)  # training noise: per-image std ~ U(0, noise_std) (0: none)
 
 
 class VAEConfig(TrainConfig):

@@ -14,7 +14,7 @@ from genlab.config import EvaluatorConfig
 from genlab.data.splits import ROTATIONS, evaluator_task
 from genlab.data.store import Batches, training_images
 from genlab.device import inference_batch
-from genlab.models.evaluator import Evaluator, attribute_loss, random_shift, rotate, stem_stride_for
+from genlab.models.evaluator import Evaluator, attribute_loss, random_noise, random_shift, rotate, stem_stride_for
 from genlab.paths import staged_dir
 from genlab.randomness import seeded
 from genlab.stages.common import Context, finish_training, load_data, logger, save_training, stage_run
@@ -53,9 +53,9 @@ class EvaluatorStep:
 def build_step(cfg: EvaluatorConfig, ctx: Context, channels: int, heads: list[int], x_all: Batches,
                y_all: torch.Tensor | None) -> EvaluatorStep:
     """The one builder of the evaluator's training step (the stage, under DDP too, and the benches): the network
-    (its stem's stride following the images' side) initialised from (ctx.seed, STAGE), Adam, random shifts, and
-    either the attribute heads' cross-entropy on `y_all` or, with `y_all` None, the rotation task (Gidaris et al.
-    2018); `ctx.compute`'s settings."""
+    (its stem's stride following the images' side) initialised from (ctx.seed, STAGE), Adam, random shifts (and
+    pixel noise with `cfg.noise_std`), and either the attribute heads' cross-entropy on `y_all` or, with `y_all`
+    None, the rotation task (Gidaris et al. 2018); `ctx.compute`'s settings."""
     network = {"in_channels": channels, "num_classes": heads, "width": cfg.width,
                "stem_stride": stem_stride_for(x_all.shape[-1])}
     with seeded(ctx.seed, STAGE, "init"):
@@ -67,6 +67,8 @@ def build_step(cfg: EvaluatorConfig, ctx: Context, channels: int, heads: list[in
     def step(idx: torch.Tensor, g: torch.Generator) -> Losses:
         model.train()
         x = random_shift(x_all[idx], g)  # drawn for the global batch; this rank computes on `rows` of it
+        if cfg.noise_std > 0:  # 0: no draw, so the bits of an evaluator trained without noise stay as they were
+            x = random_noise(x, g, cfg.noise_std)
         if y_all is None:  # the target is the rotation drawn for each image
             k = torch.randint(0, len(ROTATIONS), (len(idx),), generator=g)
             x, y = rotate(x, k), k[:, None]
