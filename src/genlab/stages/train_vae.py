@@ -255,7 +255,7 @@ def run(cfg: VAEConfig, ctx: Context) -> dict:
             **{f"prior_{k}": v for k, v in scored(vae_prior, data, ctx).items()},
         }
         if data.manifest["num_classes"]:
-            # the evaluator on the reconstructions of the test split: the most an LDM on these latents can score
+            # the evaluator on the reconstructions of the test split: about the most an LDM on these latents can score
             metrics["recon_class_accuracy"] = fid.class_accuracy(evaluator, test_rec, data.test.attributes)
         snapshot_cfg = {"network": network, "latent_shape": latent_shape, "latent_scale": scale, "image_size": s}
         out_dir = ctx.paths.model("vae")
