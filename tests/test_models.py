@@ -12,7 +12,7 @@ from torch import nn
 from genlab.config import ComputeConfig, EvaluatorConfig
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.evaluator import Evaluator, random_noise, random_shift, stem_stride_for
-from genlab.models.gan import Discriminator, Generator, d_hinge_loss, g_hinge_loss
+from genlab.models.gan import ConditionalBatchNorm2d, Discriminator, Generator, d_hinge_loss, g_hinge_loss
 from genlab.models.layers import timestep_embedding
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
@@ -166,6 +166,42 @@ def test_gan_shapes_and_range() -> None:
 def test_gan_generator_other_size() -> None:
     gen = Generator(z_dim=4, base=8, image_size=32, channels=3)
     assert gen(torch.randn(2, 4), torch.tensor([0, 9])).shape == (2, 3, 32, 32)
+
+
+def test_conditional_batch_norm_reference_values() -> None:
+    """BN(h) * gamma_y + beta_y per row's class; plain batch norm at initialisation; num_classes 0: nn.BatchNorm2d."""
+    torch.manual_seed(0)
+    h, y = torch.randn(6, 3, 4, 4) * 3 + 1, torch.tensor([0, 1, 2, 0, 1, 2])
+    cbn = ConditionalBatchNorm2d(3, num_classes=3)
+    normed = torch.nn.functional.batch_norm(h, None, None, training=True, eps=1e-5)
+    assert torch.allclose(cbn(h, y), normed, atol=1e-6)  # gains 1, biases 0
+    with torch.no_grad():
+        cbn.gain.weight.copy_(torch.tensor([[1.0] * 3, [2.0] * 3, [0.5, 1.0, 3.0]]))
+        cbn.bias.weight.copy_(torch.tensor([[0.0] * 3, [-1.0] * 3, [0.25, 0.0, 1.0]]))
+    out = cbn(h, y)
+    assert torch.allclose(out[1], normed[1] * 2.0 - 1.0, atol=1e-6)
+    assert torch.allclose(out[2, 2], normed[2, 2] * 3.0 + 1.0, atol=1e-6)
+    assert torch.allclose(out[3], normed[3], atol=1e-6)
+    plain = ConditionalBatchNorm2d(3, num_classes=0)
+    assert plain.gain is None and plain.bn.affine
+    assert torch.allclose(plain(h, y), normed, atol=1e-6)
+
+
+def test_gan_generator_label_enters_only_through_batch_norm() -> None:
+    """z alone feeds the first layer (a label beside z let the generator ignore z: README "GAN"); with every
+    class's gains and biases equal, the label no longer changes the image, with them apart it does."""
+    torch.manual_seed(0)
+    gen = Generator(z_dim=16, num_classes=10, base=8, image_size=16, channels=1).eval()
+    assert gen.fc.in_features == 16
+    z = torch.randn(4, 16)
+    a, b = gen(z, torch.tensor([0, 1, 2, 3])), gen(z, torch.tensor([9, 8, 7, 6]))
+    assert torch.equal(a, b)  # at initialisation every class's gain is 1 and bias 0
+    with torch.no_grad():
+        for cbn in gen.norms:
+            cbn.bias.weight[9].fill_(0.5)
+    c = gen(z, torch.tensor([9, 8, 7, 6]))
+    assert not torch.allclose(a[0], c[0]) and torch.equal(a[1:], c[1:])
+    assert not torch.allclose(gen(z[:1], torch.tensor([3])), gen(z[1:2], torch.tensor([3])))  # z matters
 
 
 def test_hinge_loss_reference_values() -> None:

@@ -148,11 +148,11 @@ class PixelConfig(DiffusionConfig):
 
 
 class GANConfig(TrainConfig):
-    train_images: int = Field(50000, ge=1)
+    train_images: int = Field(150000, ge=1)
     lr: float = Field(2e-4, gt=0, le=1.0)
     z_dim: int = Field(64, ge=1, le=1024)
     base_channels: int = Field(32, ge=4, le=1024)
-    ema_halflife_images: int = Field(10000, ge=1)  # EMA half-life of the generator, in images
+    ema_halflife_images: int = Field(2000, ge=1)  # EMA half-life of the generator, in images
     r1_gamma: float = Field(0.0, ge=0)  # R1 penalty weight (Mescheder et al. 2018) on real images; 0: off
     fid_every_images: int = Field(30000, ge=0)  # cheap FID during training at this interval (0: off)
     fid_samples: int = Field(200, ge=10)

@@ -159,7 +159,7 @@ class GANSampler:
     def __init__(self, gan_dir: Path, device: torch.device) -> None:
         self.g, cfg = load_network(gan_dir / "model.safetensors", Generator, "a GAN generator", "train_gan")
         self.g.to(device).eval()
-        self.conditional = self.g.embed is not None
+        self.conditional = self.g.num_classes > 0
         self.z_dim, self.device = cfg["network"]["z_dim"], device
 
     @torch.no_grad()

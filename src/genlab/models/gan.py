@@ -1,5 +1,5 @@
-"""Class-conditional DCGAN-style baseline (Radford et al. 2016) with a projection discriminator
-(Miyato & Koyama 2018), spectral norm (Miyato et al. 2018) and the hinge loss."""
+"""Class-conditional DCGAN-style baseline (Radford et al. 2016): a generator conditioned through per-class batch
+norm, a projection discriminator (Miyato & Koyama 2018), spectral norm (Miyato et al. 2018) and the hinge loss."""
 
 from __future__ import annotations
 
@@ -13,31 +13,59 @@ from torch.nn.utils.parametrizations import spectral_norm
 from genlab.models.layers import Upsample2x
 
 
+class ConditionalBatchNorm2d(nn.Module):
+    """BN(h) * gamma_y + beta_y: batch norm without its own affine, then a gain and a bias per class (conditional
+    batch norm, de Vries et al. 2017; the generator's conditioning in Miyato & Koyama 2018, sec. 4). Gains start
+    at 1 and biases at 0, so at initialisation it is plain batch norm. num_classes = 0: `nn.BatchNorm2d`."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        self.gain = nn.Embedding(num_classes, channels) if num_classes > 0 else None
+        self.bias = nn.Embedding(num_classes, channels) if num_classes > 0 else None
+        if self.gain is not None and self.bias is not None:
+            nn.init.ones_(self.gain.weight)
+            nn.init.zeros_(self.bias.weight)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.bn(h)
+        if self.gain is None or self.bias is None:
+            return h
+        return h * self.gain(y)[:, :, None, None] + self.bias(y)[:, :, None, None]
+
+
 class Generator(nn.Module):
-    """(z (B, z_dim), y (B,)) -> images (B, C, S, S) in [-1, 1]; a label embedding is concatenated to z
-    (num_classes = 0: unconditional, z alone; y is ignored)."""
+    """(z (B, z_dim), y (B,)) -> images (B, C, S, S) in [-1, 1]. z alone enters the network; the label y enters
+    through every batch norm's per-class gain and bias (`ConditionalBatchNorm2d`). num_classes = 0:
+    unconditional, y is ignored.
+
+    The label is not concatenated to z: with a label embedding beside z, the generator learned to ignore z (on
+    32-px shapes every sample of a class was the same image from 5,000 images on; on the digits a third of the
+    data's within-class spread, recall 0.22); with conditional batch norm it keeps z's variety (README "The
+    GAN's conditioning")."""
 
     def __init__(self, z_dim: int = 64, num_classes: int = 10, base: int = 64, image_size: int = 16,
                  channels: int = 1) -> None:
         super().__init__()
-        self.z_dim, self.start = z_dim, 4
+        self.z_dim, self.num_classes, self.start = z_dim, num_classes, 4
         ups = int(math.log2(image_size // self.start))
-        c = base * 2**ups
-        self.embed = nn.Embedding(num_classes, z_dim) if num_classes > 0 else None
-        self.fc = nn.Linear((2 if num_classes > 0 else 1) * z_dim, c * self.start * self.start)
-        layers: list[nn.Module] = [nn.BatchNorm2d(c), nn.ReLU()]
+        c = self.c0 = base * 2**ups
+        self.fc = nn.Linear(z_dim, c * self.start * self.start)
+        self.norms = nn.ModuleList([ConditionalBatchNorm2d(c, num_classes)])
+        self.convs = nn.ModuleList()
         for _ in range(ups):
-            layers += [Upsample2x(), nn.Conv2d(c, c // 2, 3, padding=1), nn.BatchNorm2d(c // 2),
-                       nn.ReLU()]
+            self.convs.append(nn.Conv2d(c, c // 2, 3, padding=1))
             c //= 2
-        layers += [nn.Conv2d(c, channels, 3, padding=1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-        self.c0 = base * 2**ups
+            self.norms.append(ConditionalBatchNorm2d(c, num_classes))
+        self.up = Upsample2x()
+        self.out = nn.Conv2d(c, channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.fc(z if self.embed is None else torch.cat([z, self.embed(y)], dim=1))
-        h = h.view(-1, self.c0, self.start, self.start)
-        return self.net(h)
+        h = self.fc(z).view(-1, self.c0, self.start, self.start)
+        h = F.relu(self.norms[0](h, y))
+        for conv, cbn in zip(self.convs, self.norms[1:], strict=True):
+            h = F.relu(cbn(conv(self.up(h)), y))
+        return torch.tanh(self.out(h))
 
 
 class Discriminator(nn.Module):
