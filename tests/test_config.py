@@ -40,7 +40,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
     assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.25)
     g = p.gan
-    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (50000, 2e-4, 64, 32, 10000)
+    assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (150000, 2e-4, 64, 32, 2000)
     assert (p.sample.n_per_class, p.sample.seed, p.sample.batch_size) == (36, 1234, 256)
     e = p.evaluate
     assert (e.kid_subset_size, e.pr_neighbourhood, e.batch_size) == (100, 3, 256)
