@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import mlflow
@@ -54,7 +55,19 @@ def test_worse_model_is_not_promoted(registry: MlflowClient, tmp_path: Path) -> 
     assert ">=" in decision["reason"]
     assert aliases(registry) == {"champion": "1"}
     assert json.loads(registry.get_model_version(NAME, "2").tags["promotion"])["promoted"] is False
-    assert registry.get_model_version(NAME, "2").tags["fid"] == "4"
+    assert registry.get_model_version(NAME, "2").tags["fid"] == "4.0"
+
+
+def test_an_equal_fid_does_not_take_the_champion(registry: MlflowClient, tmp_path: Path) -> None:
+    """The FID tag holds the exact float: a 6-digit tag ("2.11121") once let another version with the very same
+    FID, 2.11120763698, be promoted over the champion."""
+    fid = 2.11120763698
+    promote_if_better(new_version(registry, tmp_path), fid, PROTOCOL)
+    tie = promote_if_better(new_version(registry, tmp_path), fid, PROTOCOL)
+    assert not tie["promoted"] and aliases(registry) == {"champion": "1"}
+    assert float(registry.get_model_version(NAME, "1").tags["fid"]) == fid
+    better = promote_if_better(new_version(registry, tmp_path), math.nextafter(fid, 0.0), PROTOCOL)  # next float down
+    assert better["promoted"] and aliases(registry) == {"champion": "3", "previous": "1"}
 
 
 def test_other_protocol_is_not_comparable(registry: MlflowClient, tmp_path: Path) -> None:

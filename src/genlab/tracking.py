@@ -356,7 +356,8 @@ def promote_if_better(ref: dict[str, Any], score: float, protocol: dict[str, str
         client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException:
         return {"promoted": False, "reason": f"{name} v{version} is not in this registry"}
-    for k, v in {"fid": f"{score:.6g}", **protocol}.items():
+    # repr: the exact float, so that a re-scored model compares equal (a 6-digit tag let FID 2.1112076 "beat" 2.11121)
+    for k, v in {"fid": repr(float(score)), **protocol}.items():
         client.set_model_version_tag(name, version, k, v)
     try:
         champ = client.get_model_version_by_alias(name, "champion")
