@@ -188,8 +188,9 @@ def test_conditional_batch_norm_reference_values() -> None:
 
 
 def test_gan_generator_label_enters_only_through_batch_norm() -> None:
-    """z alone feeds the first layer (a label beside z let the generator ignore z: README "GAN"); with every
-    class's gains and biases equal, the label no longer changes the image, with them apart it does."""
+    """z alone feeds the first layer (a label beside z let the generator ignore z: README "The GAN's
+    conditioning"); with every class's gains and biases equal, the label no longer changes the image, with them
+    apart it does."""
     torch.manual_seed(0)
     gen = Generator(z_dim=16, num_classes=10, base=8, image_size=16, channels=1).eval()
     assert gen.fc.in_features == 16
