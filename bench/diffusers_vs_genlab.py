@@ -70,7 +70,7 @@ from diffusers.training_utils import EMAModel
 from torch.nn import functional as F
 
 from genlab.checkpoint import save_snapshot
-from genlab.compute import adam
+from genlab.compute import adam, resolve_precision
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import sources, splits
 from genlab.data.store import to_uint8
@@ -255,7 +255,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     source, names = bench.manifest["source"], sources.class_names(bench.manifest)
     # the stage's compute settings: `compute`, with the section's own precision when it sets one (cli.run_stage)
     ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device,
-                  compute=bench.params.compute_for(section))
+                  compute=resolve_precision(device, bench.params.compute_for(section)))
     run = build_step(f"train_{section}", cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.compute import adam, autocast, compiled, configure
+from genlab.compute import adam, autocast, compiled, configure, resolve_precision
 from genlab.config import ComputeConfig, LDMConfig
 from genlab.models.vae import VAE
 from genlab.paths import Paths
@@ -116,6 +116,27 @@ def test_autocast_is_off_unless_bf16() -> None:
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
+def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto`: bf16 on a CPU with AMX-BF16 and on a CUDA GPU with native bf16, fp32 elsewhere (a CPU with only
+    AVX512-BF16 or none: autocast would emulate it, slower than fp32); the other settings pass through."""
+    auto = ComputeConfig(precision="auto", threads=3)
+    caps = {"amx_bf16": True, "avx512_bf16": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert resolve_precision(CPU, auto) == ComputeConfig(precision="bf16", threads=3)
+    with autocast(CPU, auto):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    caps["amx_bf16"] = False
+    assert resolve_precision(CPU, auto) == ComputeConfig(precision="fp32", threads=3)
+    with autocast(CPU, auto):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    cuda = torch.device("cuda")
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n)
+        assert resolve_precision(cuda, auto).precision == expected
+    for precision in ("fp32", "tf32", "bf16"):
+        assert resolve_precision(CPU, ComputeConfig(precision=precision)).precision == precision
+
+
 def test_compute_settings_are_part_of_a_runs_identity(tmp_path) -> None:  # noqa: ANN001
     """A checkpoint written under other compute settings is not resumed (its fingerprint differs); the defaults add
     nothing, so runs at the defaults keep their fingerprints."""
@@ -132,7 +153,8 @@ def test_compute_settings_are_part_of_a_runs_identity(tmp_path) -> None:  # noqa
 
 def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`vae.precision: bf16` runs `train_vae` under bf16 and leaves every other stage at `compute.precision`
-    (fp32): what `genlab <stage>` hands each stage's `run`."""
+    (fp32): what `genlab <stage>` hands each stage's `run`. `gan.precision: auto` reaches `train_gan` resolved
+    (bf16 on a CPU with AMX)."""
     import importlib
     import types
 
@@ -142,7 +164,8 @@ def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: 
     from genlab.config import load_params
 
     params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    params["vae"]["precision"] = "bf16"
+    params["vae"]["precision"], params["gan"]["precision"] = "bf16", "auto"
+    params["compute"]["precision"] = "fp32"
     params["ldm"]["precision"] = params["evaluator"]["precision"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     seen: dict[str, ComputeConfig] = {}
@@ -154,9 +177,10 @@ def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: 
         return types.SimpleNamespace(run=lambda *args: seen.setdefault(name.rsplit(".", 1)[1], args[-1].compute))
 
     monkeypatch.setattr(cli.importlib, "import_module", fake)
-    for stage in ("train_vae", "train_ldm", "train_evaluator", "reference_stats"):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"amx_bf16": True})
+    for stage in ("train_vae", "train_ldm", "train_evaluator", "reference_stats", "train_gan"):
         cli.run_stage(stage, tmp_path / "params.yaml", tmp_path)
-    assert seen["train_vae"] == ComputeConfig(precision="bf16")
+    assert seen["train_vae"] == seen["train_gan"] == ComputeConfig(precision="bf16")  # the stage gets auto resolved
     assert seen["train_ldm"] == seen["train_evaluator"] == seen["reference_stats"] == ComputeConfig()
     loaded = load_params(tmp_path / "params.yaml")
     assert loaded.compute_for("vae").precision == "bf16" and loaded.compute_for("gan") is loaded.compute

@@ -45,7 +45,7 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     choose_wait_policy()  # before torch loads libgomp; the stage's MLflow run records the policy in force
     if stage in TRAINING and params.dist.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         return launch(stage, params_path, params.dist.nproc_per_node)
-    from genlab.compute import configure
+    from genlab.compute import configure, resolve_precision
     from genlab.device import resolve
     from genlab.distributed import join, leave
     from genlab.randomness import deterministic, seed_process
@@ -55,7 +55,8 @@ def run_stage(stage: str, params_path: Path = Path("params.yaml"), root: Path | 
     try:
         if world.size > 1:
             check_world_size(params, world.size)
-        compute = params.compute_for(STAGES[stage][0]) if stage in TRAINING else params.compute
+        compute = resolve_precision(device, params.compute_for(STAGES[stage][0]) if stage in TRAINING
+                                    else params.compute)
         ctx = Context(paths=Paths((root or Path.cwd()).resolve()), seed=params.seed, device=device, world=world,
                       compute=compute)
         seed_process(params.seed, stage)  # nothing may depend on the process's default seed

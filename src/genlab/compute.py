@@ -10,6 +10,10 @@
 - Adam/AdamW run fused (one kernel over all parameters), on CPU as on CUDA: with the foreach EMA and clipping, the
   latent U-Net's CPU step is 1.09x as fast as with torch's per-parameter CPU defaults (README "Precision"), the
   same update to float rounding.
+- precision `auto`: `bf16` where the device computes bfloat16 in hardware units (a CUDA GPU with native bf16; a CPU
+  with AMX, Intel Sapphire Rapids and later), else `fp32`. Resolved once per stage (`resolve_precision`); the stage's
+  MLflow run, fingerprint and metrics record the precision it ran with, never "auto". On a CPU without AMX, bf16
+  autocast runs in emulation and is slower than fp32, which is why `auto` does not pick it there.
 - compile: the training networks' forward under `torch.compile` (inductor); the first steps pay the compile time.
 - threads: torch's intra-op CPU threads (`torch.set_num_threads`). A param, not picked from the machine's load:
   the count changes the bits of CPU results (measured: one U-Net step's gradients differ between 1 and 2 threads).
@@ -26,20 +30,37 @@ from torch import nn
 from genlab.config import ComputeConfig
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 matmuls and convolutions in hardware: CUDA with native bf16 (compute
+    capability 8.0 and up), or a CPU with AMX-BF16 tiles."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(torch.cpu.get_capabilities().get("amx_bf16", False))
+    return False
+
+
+def resolve_precision(device: torch.device, compute: ComputeConfig) -> ComputeConfig:
+    """`compute` with precision `auto` replaced by what it means on `device` (module docstring)."""
+    if compute.precision != "auto":
+        return compute
+    return compute.model_copy(update={"precision": "bf16" if native_bf16(device) else "fp32"})
+
+
 def configure(device: torch.device, compute: ComputeConfig) -> None:
     """Process-wide settings: the CPU thread count when set; TF32 for CUDA matmuls and convolutions unless
     precision is fp32."""
     if compute.threads is not None:
         torch.set_num_threads(compute.threads)
     if device.type == "cuda":
-        fast = compute.precision != "fp32"
+        fast = resolve_precision(device, compute).precision != "fp32"
         torch.backends.cuda.matmul.allow_tf32 = fast
         torch.backends.cudnn.allow_tf32 = fast
 
 
 def autocast(device: torch.device, compute: ComputeConfig) -> contextlib.AbstractContextManager:
     """The context a training step's forward pass and loss run in: bf16 autocast, or nothing."""
-    if compute.precision != "bf16":
+    if resolve_precision(device, compute).precision != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
 

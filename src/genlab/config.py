@@ -56,8 +56,8 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, le=1.0)
     log_every_images: int = Field(2048, ge=1)  # loss curve / MLflow metric interval
     checkpoint_every_images: int = Field(20000, ge=1)  # training-state interval (resume point)
-    # this stage's precision, as compute.precision (fp32 | tf32 | bf16); null: compute.precision's
-    precision: Literal["fp32", "tf32", "bf16"] | None = None
+    # this stage's precision, as compute.precision (fp32 | tf32 | bf16 | auto); null: compute.precision's
+    precision: Literal["fp32", "tf32", "bf16", "auto"] | None = None
 
 
 class EvaluatorConfig(TrainConfig):
@@ -187,8 +187,9 @@ class DistConfig(Section):
 
 class ComputeConfig(Section):
     # how the training stages use the device (src/genlab/compute.py): fp32 | tf32 (CUDA matmuls/convolutions in
-    # TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay float32)
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    # TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay float32) | auto
+    # (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX; else fp32)
+    precision: Literal["fp32", "tf32", "bf16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the training networks (pays after its compile time, on long runs)
     # torch's CPU threads in every stage; null: torch's default (OMP_NUM_THREADS, else the cores). The count changes
     # a CPU step's reduction order, so the bits: set it to get the same bits on machines with other core counts
