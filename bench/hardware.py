@@ -15,7 +15,8 @@ With --project (a project where `dvc repro` has run): the orchestration overhead
 `genlab train_evaluator` run directly, through `dvc repro --force --single-item`, and the Prefect flow over the
 up-to-date pipeline (what the flow adds to a run: its server, its tasks, DVC's checks), and a no-op `dvc repro`.
 
-Usage: .venv/bin/python bench/hardware.py [--device auto] [--seconds 8] [--project PATH]
+Usage: .venv/bin/python bench/hardware.py [--device auto] [--seconds 8] [--project PATH] [--bf16 vae,gan]
+       [--batch latent_unet=64]
 Results: bench/results/hardware.json and a table on stdout.
 """
 
@@ -124,30 +125,43 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
 
 
 VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"}}  # row suffix -> compute params
+SECTIONS = {"evaluator": "evaluator", "vae": "vae", "latent_unet": "ldm", "pixel_unet": "pixel", "gan": "gan"}
+
+
+def with_batch(params: Params, name: str, batch: int) -> Params:
+    """`params` with workload `name`'s section at another batch size (the `--batch` rows)."""
+    section = SECTIONS[name]
+    return params.model_copy(update={section: getattr(params, section).model_copy(update={"batch_size": batch})})
 
 
 def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, float],
-               variants: dict[str, tuple[str, ...]] | None = None) -> dict[str, dict[str, float]]:
+               variants: dict[str, tuple[str, ...]] | None = None,
+               batches: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
     """A row per workload, against `peaks["fp32"]`; for each workload named in `variants[v]` also "<name> (v)": the
     same step with VARIANTS[v]'s compute params, e.g. under `compute.compile` (compile time: the first two steps,
     `warmup_s`) or bf16 autocast (against `peaks["bf16"]`, a bf16 matmul's). FLOPs are the eager fp32 step's:
-    FlopCounterMode does not see inside compiled kernels, and autocast changes no op's count."""
+    FlopCounterMode does not see inside compiled kernels, and autocast changes no op's count. For each workload in
+    `batches` also "<name> (batch B)": the same step at another batch size, with its own FLOP count."""
     rows = {}
     proc = psutil.Process()
     built = {"": workloads(params, ctx)}
     for v, names in (variants or {}).items():
         if names:
             built[v] = workloads(params, replace(ctx, compute=params.compute.model_copy(update=VARIANTS[v])))
+    for name, b in (batches or {}).items():
+        built[f"batch {b}"] = {name: workloads(with_batch(params, name, b), ctx)[name]}
     eager_flops: dict[str, int] = {}
     runs = [(name, "", step) for name, (_, step) in built[""].items()]
     runs += [(name, v, built[v][name][1]) for v, names in (variants or {}).items() for name in names]
+    runs += [(name, f"batch {b}", built[f"batch {b}"][name][1]) for name, b in (batches or {}).items()]
     for base, v, step in runs:
         name = f"{base} ({v})" if v else base
-        batch = built[""][base][0]
+        batch = built[v or ""][base][0]
         peak = peaks["bf16" if v == "bf16" else "fp32"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        flops = eager_flops[base] if v else eager_flops.setdefault(base, step_flops(step))
+        flops = step_flops(step) if v.startswith("batch") else \
+            eager_flops[base] if v else eager_flops.setdefault(base, step_flops(step))
         t0 = time.perf_counter()
         times = time_steps(step, ctx.device, seconds)
         warmup = time.perf_counter() - t0 - sum(times)
@@ -235,13 +249,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hardware.json")
     ap.add_argument("--compile", default="", help="workloads also timed under torch.compile, e.g. latent_unet")
     ap.add_argument("--bf16", default="", help="workloads also timed under bf16 autocast, e.g. latent_unet")
+    ap.add_argument("--batch", default="", help="workloads also timed at another batch size, e.g. latent_unet=64")
     args = ap.parse_args()
-    known = ("evaluator", "vae", "latent_unet", "pixel_unet", "gan")
+    known = tuple(SECTIONS)
     variants = {}
     for v, flag, names in (("compiled", "--compile", args.compile), ("bf16", "--bf16", args.bf16)):
         variants[v] = tuple(n.strip() for n in names.split(",") if n.strip())
         if set(variants[v]) - set(known):
             ap.error(f"{flag}: expected some of {', '.join(known)}, got {names!r}")
+    batches = {}
+    for item in (x.strip() for x in args.batch.split(",") if x.strip()):
+        name, _, b = item.partition("=")
+        if name not in known or not b.isdigit() or int(b) < 1:
+            ap.error(f"--batch: expected NAME=BATCH with NAME one of {', '.join(known)}, got {item!r}")
+        batches[name] = int(b)
     fix_mmap_threshold()  # the allocator settings of a `genlab` stage process (cli.run_stage)
     device = resolve(args.device)
     params = Params()  # the defaults; compute.precision fp32
@@ -258,7 +279,7 @@ def main() -> None:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, 3.0)
         result["matmul_peak_gflops_bf16"] = round(peaks["bf16"] / 1e9, 1)
         log.info("matmul peak (bfloat16): %.1f GFLOP/s", peaks["bf16"] / 1e9)
-    result["train"] = train_rows(params, ctx, args.seconds, peaks, variants)
+    result["train"] = train_rows(params, ctx, args.seconds, peaks, variants, batches)
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
     if args.project is not None:
