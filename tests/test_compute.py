@@ -183,7 +183,8 @@ def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: 
     assert seen["train_vae"] == seen["train_gan"] == ComputeConfig(precision="bf16")  # the stage gets auto resolved
     assert seen["train_ldm"] == seen["train_evaluator"] == seen["reference_stats"] == ComputeConfig()
     loaded = load_params(tmp_path / "params.yaml")
-    assert loaded.compute_for("vae").precision == "bf16" and loaded.compute_for("gan") is loaded.compute
+    assert loaded.compute_for("vae").precision == "bf16" and loaded.compute_for("ldm") is loaded.compute
+    assert loaded.compute_for("gan").precision == "auto"  # resolved by the stage, not by the params file
 
 
 @pytest.mark.slow

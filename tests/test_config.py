@@ -34,7 +34,10 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (v.train_images, v.base_channels, v.latent_channels, v.downsample) == (80000, 32, 4, None)  # follows size
     assert (v.beta, v.kl_warmup_images, v.recon_sigma, v.ae_baseline) == (1.0, 20000, 0.05, True)
     m = p.ldm
-    assert (m.train_images, m.batch_size, m.lr, m.lr_schedule, m.base_channels) == (240000, 64, 5e-4, "constant", 48)
+    assert (m.train_images, m.batch_size, m.lr, m.lr_schedule, m.base_channels) == (240000, 128, 7e-4, "constant", 48)
+    assert (p.compute.precision, v.precision, p.gan.precision) == ("fp32", "auto", "auto")
+    assert ev.precision is m.precision is p.pixel.precision is None  # compute.precision's
+    assert (p.pixel.batch_size, p.pixel.lr) == (64, 5e-4)
     assert (m.conditioning, m.cross_attention_levels, p.pixel.conditioning) == ("class+text", (), "class")
     assert (m.channel_mults, m.num_res_blocks, m.attention_levels) == ((1, 2, 2), 1, (2,))
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
@@ -116,7 +119,7 @@ def test_sections_are_frozen() -> None:
     cfg = LDMConfig()
     with pytest.raises(pydantic.ValidationError):
         cfg.lr = 0.1  # type: ignore[misc]
-    assert cfg.lr == 5e-4
+    assert cfg.lr == 7e-4
 
 
 def test_flatten_uses_dotted_keys() -> None:
