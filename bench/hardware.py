@@ -150,7 +150,7 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
             built[v] = workloads(params, replace(ctx, compute=params.compute.model_copy(update=VARIANTS[v])))
     for name, b in (batches or {}).items():
         built[f"batch {b}"] = {name: workloads(with_batch(params, name, b), ctx)[name]}
-    eager_flops: dict[str, int] = {}
+    eager_flops: dict[tuple[str, int], int] = {}  # (workload, batch) -> its eager fp32 step's FLOPs
     runs = [(name, "", step) for name, (_, step) in built[""].items()]
     runs += [(name, v, built[v][name][1]) for v, names in (variants or {}).items() for name in names]
     runs += [(name, f"batch {b}", built[f"batch {b}"][name][1]) for name, b in (batches or {}).items()]
@@ -160,8 +160,7 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
         peak = peaks["bf16" if v == "bf16" else "fp32"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
-        flops = step_flops(step) if v.startswith("batch") else \
-            eager_flops[base] if v else eager_flops.setdefault(base, step_flops(step))
+        flops = eager_flops[base, batch] if v in VARIANTS else eager_flops.setdefault((base, batch), step_flops(step))
         t0 = time.perf_counter()
         times = time_steps(step, ctx.device, seconds)
         warmup = time.perf_counter() - t0 - sum(times)

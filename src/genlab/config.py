@@ -16,6 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from genlab.errors import ConfigError
 
+# compute.precision and every training section's own (src/genlab/compute.py): fp32 | tf32 (CUDA matmuls and
+# convolutions in TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay
+# float32) | auto (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX; else fp32)
+Precision = Literal["fp32", "tf32", "bf16", "auto"]
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,8 +61,7 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, le=1.0)
     log_every_images: int = Field(2048, ge=1)  # loss curve / MLflow metric interval
     checkpoint_every_images: int = Field(20000, ge=1)  # training-state interval (resume point)
-    # this stage's precision, as compute.precision (fp32 | tf32 | bf16 | auto); null: compute.precision's
-    precision: Literal["fp32", "tf32", "bf16", "auto"] | None = None
+    precision: Precision | None = None  # this stage's precision; null: compute.precision's
 
 
 class EvaluatorConfig(TrainConfig):
@@ -69,7 +73,7 @@ class EvaluatorConfig(TrainConfig):
 class VAEConfig(TrainConfig):
     train_images: int = Field(80000, ge=1)
     # auto: bf16 where the device has bf16 units (1.45-2.0x the step on an AMX CPU, the same rFID), else fp32
-    precision: Literal["fp32", "tf32", "bf16", "auto"] | None = "auto"
+    precision: Precision | None = "auto"
     base_channels: int = Field(32, ge=4, le=512)
     latent_channels: int = Field(4, ge=1, le=64)
     # number of 2x downsamplings: latents are size / 2**downsample; null: follows the image size (`latent_side`)
@@ -157,7 +161,7 @@ class PixelConfig(DiffusionConfig):
 class GANConfig(TrainConfig):
     train_images: int = Field(150000, ge=1)
     # auto: bf16 where the device has bf16 units (1.5x the step on an AMX CPU, FID 2.50x the floor vs 2.58x)
-    precision: Literal["fp32", "tf32", "bf16", "auto"] | None = "auto"
+    precision: Precision | None = "auto"
     lr: float = Field(2e-4, gt=0, le=1.0)
     z_dim: int = Field(64, ge=1, le=1024)
     base_channels: int = Field(32, ge=4, le=1024)
@@ -195,10 +199,7 @@ class DistConfig(Section):
 
 
 class ComputeConfig(Section):
-    # how the training stages use the device (src/genlab/compute.py): fp32 | tf32 (CUDA matmuls/convolutions in
-    # TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay float32) | auto
-    # (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX; else fp32)
-    precision: Literal["fp32", "tf32", "bf16", "auto"] = "fp32"
+    precision: Precision = "fp32"  # how the training stages use the device (`Precision` above)
     compile: bool = False  # torch.compile the training networks (pays after its compile time, on long runs)
     # torch's CPU threads in every stage; null: torch's default (OMP_NUM_THREADS, else the cores). The count changes
     # a CPU step's reduction order, so the bits: set it to get the same bits on machines with other core counts

@@ -129,9 +129,8 @@ def save_training(out: Path, stage: str, cfg: BaseModel, trainable: Trainable, s
 def finish_training(ctx: Context, stage: str, run: tracking.StageRun, out: Path, history: pd.DataFrame,
                     metrics: dict[str, Any], trainable: Trainable) -> None:
     """After the outputs are in place: metrics JSON (with the MLflow run, the training time and the precision it
-    ran at, which stay out
-    of the model folder so that it is the same bytes in every run), loss-curve CSV (DVC plot), MLflow, and the
-    in-progress checkpoint dropped."""
+    ran at, which stay out of the model folder so that it is the same bytes in every run), loss-curve CSV (DVC
+    plot), MLflow, and the in-progress checkpoint dropped."""
     state = load_train_state(out / "train_state.pt")
     metrics = {**metrics, "images_seen": state["images_seen"], "train_seconds": round(trainable.seconds, 2),
                "compute_precision": ctx.compute.precision, "mlflow_run_id": run.run_id}
