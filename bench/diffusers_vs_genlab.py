@@ -74,6 +74,7 @@ from genlab.compute import adam, resolve_precision
 from genlab.config import DiffusionConfig, Params, load_params
 from genlab.data import sources, splits
 from genlab.data.store import to_uint8
+from genlab.device import describe
 from genlab.diffusion.loss import drop_labels
 from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
@@ -635,7 +636,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{v:.3f} ({'meets' if v <= bar else 'misses'} the bar <= {bar})"))
     out = {"project": str(bench.paths.root), "seconds_per_arm": args.seconds, "every": args.every,
            "steps": args.steps, "n_per_class": args.n_per_class, "sample_seeds": args.sample_seeds,
-           "threads": args.threads, "device": str(bench.device), "seed": bench.params.seed,
+           "threads": args.threads, "device": describe(bench.device), "seed": bench.params.seed,
            "sample_seed": bench.params.sample.seed, "feature_extractor": bench.extractor.note, "floor": bench.floor,
            "arms": results, **summary}
     write_json(args.out, out)

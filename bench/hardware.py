@@ -40,7 +40,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from genlab.config import Params
-from genlab.device import resolve
+from genlab.device import describe, resolve
 from genlab.diffusion.sample import ddim_sample, ddim_timesteps, guided
 from genlab.distributed import World
 from genlab.memory import fix_mmap_threshold, heap_for_steps
@@ -270,7 +270,7 @@ def main() -> None:
     peak = matmul_peak(device, torch.float32, 3.0)
     log.info("matmul peak (float32): %.1f GFLOP/s with %d threads", peak / 1e9, torch.get_num_threads())
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "device": describe(device),
         "threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0],
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1)}
     peaks = {"fp32": peak}

@@ -11,6 +11,7 @@ import torch
 
 from genlab.compute import adam, autocast, compiled, configure, resolve_precision
 from genlab.config import ComputeConfig, LDMConfig
+from genlab.device import describe
 from genlab.models.vae import VAE
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
@@ -114,6 +115,19 @@ def test_autocast_is_off_unless_bf16() -> None:
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with autocast(CPU, ComputeConfig(precision="bf16")):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_describe_names_the_cpu_its_cores_and_its_vector_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every stage run and bench result records the machine: timings on an AVX2 EPYC and an AMX Xeon differ ~1.6x."""
+    caps = {"cpu_name": "AMD EPYC", "num_logical_cores": 2, "amx_bf16": False}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert describe(CPU) == "AMD EPYC (2 cores, AVX2)"
+    caps.update(cpu_name="Intel(R) Xeon(R) Platinum 8488C", amx_bf16=True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert describe(CPU) == "Intel(R) Xeon(R) Platinum 8488C (2 cores, AVX512, AMX-BF16)"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert describe(torch.device("cuda")) == "NVIDIA H200"
 
 
 def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from genlab.data import splits
 from genlab.data.store import images_of
+from genlab.device import describe
 from genlab.metrics.fid import class_accuracy, extract_features, make_extractor
 from genlab.metrics.reference import load_reference, reference_key
 from genlab.sampling import load_vae
@@ -108,6 +109,7 @@ def test_mlflow_runs_and_registry(repro: tuple[Path, dict[str, str], str]) -> No
         assert len(row) == 1, stage
         assert row["tags.genlab.data_hash"].item() == data_hash
         assert row["tags.genlab.git_commit"].item() == head
+        assert row["tags.genlab.device_name"].item() == describe(torch.device("cpu"))  # where its timings hold
     ldm_run = runs[runs["tags.genlab.stage"] == "train_ldm"].iloc[0]
     assert ldm_run["params.cfg.guidance_scale"] == "2.0"
     history = client.get_metric_history(ldm_run.run_id, "loss")

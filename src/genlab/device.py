@@ -23,3 +23,14 @@ def resolve(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(device)
+
+
+def describe(device: torch.device) -> str:
+    """The device in words, recorded with every stage run and bench result, since timings hold only for the
+    machine they were taken on: the GPU's name, or the CPU's model, its cores and the widest vector unit torch
+    uses on it (AVX2, AVX512; AMX-BF16 where present), e.g. "AMD EPYC (2 cores, AVX2)"."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    caps = torch.cpu.get_capabilities()
+    units = torch.backends.cpu.get_cpu_capability() + (", AMX-BF16" if caps.get("amx_bf16") else "")
+    return f"{caps.get('cpu_name') or 'CPU'} ({caps.get('num_logical_cores')} cores, {units})"

@@ -22,6 +22,7 @@ from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
 from genlab.compute import compiled
 from genlab.config import ComputeConfig, flatten, to_json
 from genlab.data import splits
+from genlab.device import describe
 from genlab.distributed import World
 from genlab.images import save_curves
 from genlab.paths import Paths, atomic_write, read_json
@@ -92,12 +93,13 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
         return contextlib.nullcontext(RankRun())
     source = dataset_source(ctx.paths.prepared / "manifest.json")
     threads, policy = torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "default")
-    log.info("%s: %d CPU threads, OpenMP wait policy %s", stage, threads, policy)
+    machine = describe(ctx.device)
+    log.info("%s: %s, %d CPU threads, OpenMP wait policy %s", stage, machine, threads, policy)
     return tracking.stage_run(ctx.paths.root, stage, {"seed": ctx.seed, "device": str(ctx.device),
                                                       "world_size": ctx.world.size, **flatten(ctx.compute, "compute."),
                                                       **flatten(cfg, "cfg.")},
                               {"genlab.data_hash": data_hash, "genlab.torch_threads": str(threads),
-                               "genlab.omp_wait_policy": policy},
+                               "genlab.omp_wait_policy": policy, "genlab.device_name": machine},
                               resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
 
