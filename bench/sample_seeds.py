@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from diffusers_vs_genlab import SPREAD, Bench, make_bench, score_sets, summarize_sets, write_json  # noqa: E402
 
 from genlab.config import load_params  # noqa: E402
+from genlab.device import describe  # noqa: E402
 from genlab.memory import fix_mmap_threshold, set_steps_threshold  # noqa: E402
 from genlab.sampling import DiffusionSampler, generate, image_seeds  # noqa: E402
 from genlab.stages.sample import diffusion_settings  # noqa: E402
@@ -78,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cols = ["sets", "fid_ratio", "fid_ratio_sd", "fid_ratio_min", "fid_ratio_max", "pixel_fid_ratio", "class_accuracy",
             "class_accuracy_min", "copy_z", "copy_z_min", "nn_ratio"]
     print(pd.DataFrame({f: {c: r[c] for c in cols} for f, r in results.items()}).T.to_markdown(floatfmt=".3g"))
-    out = {"project": str(args.project.resolve()), "floor": bench.floor, "feature_extractor": bench.extractor.note,
+    out = {"project": str(args.project.resolve()), "device": describe(bench.device), "floor": bench.floor,
+           "feature_extractor": bench.extractor.note,
            "sample_seed": bench.params.sample.seed, "families": results}
     write_json(args.out, out)
     return out

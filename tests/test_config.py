@@ -41,7 +41,7 @@ def test_validate_empty_gives_documented_defaults() -> None:
     assert (m.conditioning, m.cross_attention_levels, p.pixel.conditioning) == ("class+text", (), "class")
     assert (m.channel_mults, m.num_res_blocks, m.attention_levels) == ((1, 2, 2), 1, (2,))
     assert (m.timesteps, m.schedule, m.p_uncond, m.ema_halflife_images) == (1000, "linear", 0.1, 20000)
-    assert (m.sample_steps, m.eta, m.guidance_scale) == (50, 0.0, 1.25)
+    assert (m.sample_steps, m.eta, m.guidance_scale, p.pixel.sample_steps) == (25, 0.0, 1.25, 50)
     g = p.gan
     assert (g.train_images, g.lr, g.z_dim, g.base_channels, g.ema_halflife_images) == (150000, 2e-4, 64, 32, 2000)
     assert (p.sample.n_per_class, p.sample.seed, p.sample.batch_size) == (36, 1234, 256)
