@@ -26,7 +26,12 @@ import torch
 import yaml
 
 from genlab.checkpoint import load_train_state
-from genlab.distributed import GlobalBatchNorm, World
+from genlab.config import LDMConfig
+from genlab.distributed import GlobalBatchNorm, World, leave
+from genlab.paths import Paths
+from genlab.randomness import batch_indices, generator
+from genlab.stages.common import Context
+from genlab.stages.diffusion_training import build_step
 from tests.conftest import make_project, sh, tiny_params
 
 STAGES = {"train_evaluator": "evaluator", "train_vae": "vae", "train_ldm": "ldm", "train_gan": "gan"}
@@ -145,6 +150,38 @@ def test_a_killed_two_process_stage_resumes_exactly(runs: dict, tmp_path: Path) 
     assert plain["history"] == resumed["history"]
     assert all(torch.equal(plain["modules"][m][k], v) for m in plain["modules"]
                for k, v in resumed["modules"][m].items())
+
+
+def ldm_first_moments(rank: int, size: int, init: str, out: str) -> None:
+    """Rank `rank` of `size` gloo processes (size 1: no process group) takes one step of a small class-conditional
+    latent U-Net, built by the stage's own `build_step` on a global batch of 16; rank 0 saves Adam's first moments,
+    (1 - beta1) * the gradient it applied."""
+    torch.set_num_threads(1)
+    if size > 1:
+        torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
+    world = World(rank, size)
+    x_all, labels = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
+    cfg = LDMConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], conditioning="class", batch_size=16)
+    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=torch.device("cpu"), world=world)
+    run = build_step("train_ldm", cfg, ctx, [4, 8, 8], 10, "digits", [], lambda idx, g: x_all[idx], labels)
+    run.step(batch_indices(0, 0, 64, 16), generator(0, "test", 0))
+    if world.main:
+        torch.save([s["exp_avg"] for s in run.trainable.optimizers["opt"].state_dict()["state"].values()], out)
+    leave(world)
+
+
+def test_two_gloo_processes_take_the_one_process_step(tmp_path: Path) -> None:
+    """The default suite's check of the slow tests' claim, in seconds: the latent U-Net's step on 2 gloo processes
+    (each its half of the global batch, DDP averaging the gradients) applies the gradient one process applies to the
+    whole batch, to float tolerance (reduction order only)."""
+    ldm_first_moments(0, 1, "", str(tmp_path / "one.pt"))
+    torch.multiprocessing.spawn(ldm_first_moments, args=(2, f"file://{tmp_path / 'rendezvous'}",
+                                                         str(tmp_path / "two.pt")), nprocs=2)
+    one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
+    scale = max(float(m.abs().max()) for m in one)
+    assert len(one) == len(two) > 10 and scale > 0
+    for i, (a, b) in enumerate(zip(one, two, strict=True)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * scale, msg=lambda m, i=i: f"exp_avg[{i}]: {m}")
 
 
 def test_global_batch_norm_in_one_process_is_batch_norm() -> None:
