@@ -12,6 +12,7 @@ import torch
 from genlab.compute import adam, autocast, compiled, configure, resolve_precision
 from genlab.config import ComputeConfig, LDMConfig
 from genlab.device import describe
+from genlab.distributed import World
 from genlab.models.vae import VAE
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
@@ -23,11 +24,13 @@ CPU = torch.device("cpu")
 CFG = LDMConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], conditioning="class", batch_size=16)
 
 
-def _ldm_run(compute: ComputeConfig, steps: int = 2):  # noqa: ANN202
-    """A small class-conditional latent U-Net trained `steps` steps with the stage's own builder."""
+def small_ldm_run(compute: ComputeConfig, steps: int = 2, world: World | None = None):  # noqa: ANN201
+    """A small class-conditional latent U-Net trained `steps` steps on global batches of 16 with the stage's own
+    builder, in one process or as `world`'s rank (tests/test_distributed.py)."""
     g0 = torch.Generator().manual_seed(0)
     x_all, labels = torch.randn(64, 4, 8, 8, generator=g0), torch.arange(64) % 10
-    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=CPU, compute=compute)  # nothing is written
+    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=CPU, world=world or World(),
+                  compute=compute)  # nothing is written
     run = build_step("train_ldm", CFG, ctx, [4, 8, 8], 10, "digits", [], lambda idx, g: x_all[idx], labels)
     losses = []
     for k in range(steps):
@@ -37,9 +40,9 @@ def _ldm_run(compute: ComputeConfig, steps: int = 2):  # noqa: ANN202
 
 
 def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights() -> None:
-    run32, loss32 = _ldm_run(ComputeConfig())
+    run32, loss32 = small_ldm_run(ComputeConfig())
     seen = []
-    run16, _ = _ldm_run(ComputeConfig(precision="bf16"), steps=0)
+    run16, _ = small_ldm_run(ComputeConfig(precision="bf16"), steps=0)
     conv = next(m for m in run16.unet.modules() if isinstance(m, torch.nn.Conv2d))
     conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     losses = []
@@ -58,7 +61,7 @@ def test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights() -> None
 
 def test_fp32_and_tf32_leave_cpu_training_bit_identical() -> None:
     """On CPU tf32 changes nothing (a CUDA setting), and autocast is off: the same bits as fp32."""
-    (a, _), (b, _) = _ldm_run(ComputeConfig()), _ldm_run(ComputeConfig(precision="tf32"))
+    (a, _), (b, _) = small_ldm_run(ComputeConfig()), small_ldm_run(ComputeConfig(precision="tf32"))
     configure(CPU, ComputeConfig(precision="tf32"))
     for p, q in zip(a.unet.parameters(), b.unet.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -205,8 +208,8 @@ def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: 
 def test_compiled_training_step_matches_eager() -> None:
     """compute.compile: the stage's step through torch.compile (inductor, C++ on CPU) gives the eager losses and
     weights to float tolerance."""
-    eager, loss_e = _ldm_run(ComputeConfig())
-    comp, loss_c = _ldm_run(ComputeConfig(compile=True))
+    eager, loss_e = small_ldm_run(ComputeConfig())
+    comp, loss_c = small_ldm_run(ComputeConfig(compile=True))
     for a, b in zip(loss_e, loss_c, strict=True):
         assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
     for p, q in zip(eager.unet.parameters(), comp.unet.parameters(), strict=True):

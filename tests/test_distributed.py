@@ -26,13 +26,10 @@ import torch
 import yaml
 
 from genlab.checkpoint import load_train_state
-from genlab.config import LDMConfig
+from genlab.config import ComputeConfig
 from genlab.distributed import GlobalBatchNorm, World, leave
-from genlab.paths import Paths
-from genlab.randomness import batch_indices, generator
-from genlab.stages.common import Context
-from genlab.stages.diffusion_training import build_step
 from tests.conftest import make_project, sh, tiny_params
+from tests.test_compute import small_ldm_run
 
 STAGES = {"train_evaluator": "evaluator", "train_vae": "vae", "train_ldm": "ldm", "train_gan": "gan"}
 ONE_STEP = {"train_images": 64, "batch_size": 64, "log_every_images": 64}
@@ -153,18 +150,14 @@ def test_a_killed_two_process_stage_resumes_exactly(runs: dict, tmp_path: Path) 
 
 
 def ldm_first_moments(rank: int, size: int, init: str, out: str) -> None:
-    """Rank `rank` of `size` gloo processes (size 1: no process group) takes one step of a small class-conditional
-    latent U-Net, built by the stage's own `build_step` on a global batch of 16; rank 0 saves Adam's first moments,
-    (1 - beta1) * the gradient it applied."""
+    """Rank `rank` of `size` gloo processes (size 1: no process group) takes one step of test_compute's small
+    class-conditional latent U-Net (the stage's own `build_step`, a global batch of 16); rank 0 saves Adam's first
+    moments, (1 - beta1) * the gradient it applied."""
     torch.set_num_threads(1)
     if size > 1:
         torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
     world = World(rank, size)
-    x_all, labels = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(64) % 10
-    cfg = LDMConfig(base_channels=16, channel_mults=[1, 2], attention_levels=[1], conditioning="class", batch_size=16)
-    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=torch.device("cpu"), world=world)
-    run = build_step("train_ldm", cfg, ctx, [4, 8, 8], 10, "digits", [], lambda idx, g: x_all[idx], labels)
-    run.step(batch_indices(0, 0, 64, 16), generator(0, "test", 0))
+    run, _ = small_ldm_run(ComputeConfig(), steps=1, world=world)
     if world.main:
         torch.save([s["exp_avg"] for s in run.trainable.optimizers["opt"].state_dict()["state"].values()], out)
     leave(world)
