@@ -85,6 +85,7 @@ from genlab.randomness import batch_indices, generator
 from genlab.sampling import DiffusionSampler, generate, image_seeds, load_vae, seeded_normal
 from genlab.stages.common import Context
 from genlab.stages.diffusion_training import build_step
+from genlab.stages.evaluate import accuracies
 from genlab.stages.train_vae import encode
 
 GENLAB_ARMS = ("genlab-latent", "genlab-pixel")
@@ -398,13 +399,14 @@ def pixel_vectors(images: torch.Tensor) -> torch.Tensor:
 
 
 def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """The evaluate stage's numbers against the train split (FID, KID, precision/recall, copying), class accuracy,
-    and the pixel judge's FID."""
+    """The evaluate stage's numbers against the train split (FID, KID, precision/recall, copying), its class accuracy
+    (every attribute right; with several attributes also each one's, and on shapes the held-out combinations'), and
+    the pixel judge's FID."""
     ev = bench.params.evaluate
     m = score_against(images, bench.ref, bench.extractor, kid_subset_size=ev.kid_subset_size,
                       pr_neighbourhood=ev.pr_neighbourhood, batch_size=ev.batch_size,
                       cuda=bench.device.type == "cuda", held_out_nn=bench.held_out_nn)
-    m["class_accuracy"] = fid.class_accuracy(bench.evaluator, images, labels)
+    m.update(accuracies(bench.evaluator, images, labels, bench.manifest))  # every attribute right (shapes: 4)
     if bench.pixel_ref is not None:
         m["pixel_fid"] = fid.fid_from_features(pixel_vectors(images), bench.pixel_ref)
     return m
