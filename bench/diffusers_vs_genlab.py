@@ -28,15 +28,18 @@ RECIPES: `example` is diffusers' train_unconditional recipe (6.5 M parameters, l
 made for GPUs and long runs, kept for reference); `new-user` the setting a new user finds in an afternoon (1.1 M
 parameters, AdamW lr 1e-3, cosine schedule, batch 128, short EMA); the others move one of its knobs (lr, width,
 depth, schedule, batch, prediction target): the sweep. `v` trains diffusers' v-prediction (Salimans & Ho 2022),
-the setting that took genlab's own pixel U-Net from 427x to 8.8x the floor at the same 20,000 images. Each peer
-recipe gets the same treatment as genlab's params: the best of the
-sweep at the budget is the peer the claims compare with.
+the setting that took genlab's own pixel U-Net from 427x to 8.8x the floor at the same 20,000 images. The
+`-noclip` recipes turn off DDIMScheduler's default `clip_sample` (it clips the predicted x0 but steps with the
+unclipped eps; genlab's DDIM does not clip), and `v-genlab` is genlab's pixel settings on diffusers' U-Net. Each
+peer recipe gets the same treatment as genlab's params: the best of the sweep at the budget is the peer the claims
+compare with.
 
 Every `--every` seconds of training (and at the end) an arm's EMA weights are copied (off the clock). After
 training, each copy samples `--sample-seeds` sets of n_per_class images of each class (per-image seeded noise,
 the same for every arm), with DDIM (`--steps`, eta 0, guidance `w` of the arm's section, diffusers' DDIMScheduler
 for the peer), and each set is scored as the `evaluate` stage scores: FID, KID, precision/recall against the train
-split in genlab-evaluator features, Z_U, and the evaluator's class accuracy.
+split in genlab-evaluator features, Z_U, and the evaluator's class accuracy. The first set of each mark is saved as
+a grid (a row per class) in the folder named after --out, beside the test split's (`data_test.png`).
 
 Run (a project where `dvc repro` has written data/prepared, models/evaluator and models/vae):
     .venv/bin/python bench/diffusers_vs_genlab.py --project . --seconds 600 --every 60 \
@@ -76,6 +79,7 @@ from genlab.data import sources, splits
 from genlab.data.store import to_uint8
 from genlab.device import describe
 from genlab.diffusion.loss import drop_labels
+from genlab.images import save_grid
 from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, compute_reference, nearest_distances, score_against
@@ -92,6 +96,7 @@ GENLAB_ARMS = ("genlab-latent", "genlab-pixel")
 FLOOR_FACTOR = 1.1  # "reaches the floor": mean FID <= 1.1x the data floor
 EXCESS_AT = 300.0  # seconds: the excess claim's budget
 TIME_BAR, EXCESS_BAR = 0.5, 0.25  # genlab's time to the floor <= 0.5x the peer's; its excess at 300 s <= 0.25x
+GRID_CLASSES, GRID_PER_CLASS = 12, 8  # a mark's sample grid: a row per class, up to 12 classes spread over all
 PIXEL_JUDGE_DIMS = 4096  # the pixel judge's largest image (C*S*S values; a 64x64 grey image): its covariance is D x D
 log = logging.getLogger("bench")
 
@@ -115,6 +120,8 @@ class Recipe:
     emas: tuple[float, ...] = (0.99, 0.995, 0.999)  # per-step decays, kept side by side
     ema_warmup: bool = False  # diffusers' EMA warm-up (inv_gamma 1, power 3/4), as its examples use
     prediction: str = "epsilon"  # the schedulers' prediction_type: epsilon | v_prediction
+    film: bool = False  # the embedding as scale and shift of each ResNet block's norm (genlab's FiLM), not a bias
+    clip_sample: bool = True  # DDIMScheduler's default: clips predicted x0 to [-1, 1], but not the eps it steps with
 
 
 NEW_USER = Recipe()
@@ -130,6 +137,16 @@ RECIPES = {
     "batch-64": replace(NEW_USER, batch_size=64),
     "v": replace(NEW_USER, prediction="v_prediction"),
     "v-lr-2e-3": replace(NEW_USER, prediction="v_prediction", lr=2e-3),  # v with the best eps peer's lr
+    "v-linear": replace(NEW_USER, prediction="v_prediction", schedule="linear"),  # genlab pixel's schedule
+    "v-film": replace(NEW_USER, prediction="v_prediction", film=True),
+    "v-batch-64": replace(NEW_USER, prediction="v_prediction", batch_size=64),  # v with the best eps peer's batch
+    # the sampler's x0 clipping off: at guidance 2 on shapes it took a 150-s peer from 260x to 34x the floor
+    "batch-64-noclip": replace(NEW_USER, batch_size=64, clip_sample=False),
+    "v-noclip": replace(NEW_USER, prediction="v_prediction", clip_sample=False),
+    # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
+    # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
+    "v-genlab": Recipe(prediction="v_prediction", schedule="linear", batch_size=64, lr=5e-4, weight_decay=0.0,
+                       film=True, clip_sample=False, emas=(0.995, 0.998, 0.999)),
 }
 
 
@@ -156,6 +173,7 @@ class Bench:
     held_out_nn: torch.Tensor
     floor: dict[str, Any]
     pixel_ref: torch.Tensor | None  # the train split as pixel vectors (the pixel judge's reference); None: too large
+    grids: Path  # the folder of sample grids: the test split's, and each arm's per variant and mark
 
     @property
     def evaluator(self) -> Path:
@@ -296,13 +314,14 @@ def vae_seconds(path: Path) -> float:
     return float(json.loads(path.read_text())["train_seconds"])
 
 
-def diffusers_unet(bench: Bench, channels: tuple[int, ...], layers: int) -> UNet2DModel:
+def diffusers_unet(bench: Bench, recipe: Recipe) -> UNet2DModel:
     """diffusers' train_unconditional U-Net shape cut to the image: DownBlock2D levels, attention at the lowest
     resolution (and UNetMidBlock2D's), class embeddings with one extra row for the null label."""
     c, size = bench.train.images.shape[1], bench.train.images.shape[-1]
-    n = len(channels)
-    return UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=layers,
-                       block_out_channels=channels,
+    n = len(recipe.channels)
+    return UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=recipe.layers,
+                       block_out_channels=recipe.channels,
+                       resnet_time_scale_shift="scale_shift" if recipe.film else "default",
                        down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
                        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
                        num_class_embeds=bench.num_classes + 1)
@@ -336,7 +355,7 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
     """A diffusers UNet2DModel trained by `recipe` (module docstring), class-conditional, under the budget."""
     pixel, device, train = bench.params.pixel, bench.device, bench.train
     torch.manual_seed(bench.params.seed)
-    model = diffusers_unet(bench, recipe.channels, recipe.layers).to(device)
+    model = diffusers_unet(bench, recipe).to(device)
     noise_scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule=recipe.schedule,
                                     prediction_type=recipe.prediction)
     T = noise_scheduler.config.num_train_timesteps
@@ -374,7 +393,8 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
         return {v: [p.detach().clone() for p in ema.shadow_params] for v, ema in emas.items()}
 
     budget, marks = train_for(f"peer:{name}", step, snapshot, bench, batch, other_emas)
-    ema_model, ddim, w = copy.deepcopy(model), DDIMScheduler.from_config(noise_scheduler.config), pixel.guidance_scale
+    ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=recipe.clip_sample)
+    ema_model, w = copy.deepcopy(model), pixel.guidance_scale
 
     def load(variant: str, weights: Any) -> Sample:
         with torch.no_grad():
@@ -412,14 +432,31 @@ def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str,
     return m
 
 
+def grid_rows(labels: torch.Tensor, per_class: int = GRID_PER_CLASS) -> torch.Tensor:
+    """Indices into a sample set for its grid, one class a row: up to GRID_CLASSES classes spread evenly over all
+    classes, the first `per_class` samples of each."""
+    classes = labels.unique()
+    pick = torch.linspace(0, len(classes) - 1, min(GRID_CLASSES, len(classes))).round().long()
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in classes[pick]])
+
+
+def save_sample_grid(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
+    """A sample set as a picture (`grid_rows`): what a score says about it should be what it looks like."""
+    per_class = min(GRID_PER_CLASS, int(labels.unique(return_counts=True)[1].min()))
+    save_grid(images[grid_rows(labels, per_class)], path, nrow=per_class)
+
+
 SPREAD = ("fid_ratio", "pixel_fid_ratio", "class_accuracy", "copy_z", "nn_ratio", "precision", "recall")
 
 
-def score_sets(bench: Bench, sample: Sample) -> list[dict[str, Any]]:
-    """Each of `bench.seed_sets` sampled and scored, with its FID/floor."""
+def score_sets(bench: Bench, sample: Sample, grid: Path) -> list[dict[str, Any]]:
+    """Each of `bench.seed_sets` sampled and scored, with its FID/floor; the first set's grid saved at `grid`."""
     sets = []
-    for seeds in bench.seed_sets:
-        m = score(bench, sample(bench.labels, seeds), bench.labels)
+    for i, seeds in enumerate(bench.seed_sets):
+        images = sample(bench.labels, seeds)
+        if i == 0:
+            save_sample_grid(images, bench.labels, grid)
+        m = score(bench, images, bench.labels)
         m["fid_ratio"] = m["fid"] / bench.floor["fid"]
         m["pixel_fid_ratio"] = m["pixel_fid"] / bench.floor["pixel_fid"] if "pixel_fid" in m else float("nan")
         sets.append(m)
@@ -435,9 +472,15 @@ def summarize_sets(sets: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def score_mark(bench: Bench, sample: Sample) -> dict[str, Any]:
-    """Every sample set of one mark scored and summarized."""
-    return summarize_sets(score_sets(bench, sample))
+def score_mark(bench: Bench, sample: Sample, grid: Path) -> dict[str, Any]:
+    """Every sample set of one mark scored and summarized, the first set's grid saved at `grid`."""
+    return summarize_sets(score_sets(bench, sample, grid))
+
+
+def grid_path(bench: Bench, arm: str, variant: str, seconds: float) -> Path:
+    """Where an arm's grid for a variant and mark goes: e.g. <grids>/peer_v_ema_0.99_300s.png."""
+    name = f"{arm}_{variant}_{seconds:.0f}s".replace(":", "_").replace(" ", "_")
+    return bench.grids / f"{name}.png"
 
 
 def run_arm(bench: Bench, arm: str, budget: tuple[float, float] | None = None) -> dict[str, Any]:
@@ -457,7 +500,8 @@ def run_arm(bench: Bench, arm: str, budget: tuple[float, float] | None = None) -
             # equal weights sample equal images: diffusers' EMAModel caps every decay at (1 + n) / (10 + n) after
             # n steps, so decays 0.99, 0.995 and 0.999 hold the same weights for the first ~1,000 steps
             same = next((r for w, r in scored if same_weights(w, weights)), None)
-            row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights))
+            grid = grid_path(bench, arm, variant, mark.seconds)
+            row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights), grid)
             scored.append((weights, row))
             row.update(seconds=mark.seconds, total_seconds=mark.seconds + trained.extra_seconds,
                        images_seen=mark.images_seen, score_seconds=time.perf_counter() - t0,
@@ -605,8 +649,9 @@ def make_bench(args: argparse.Namespace) -> Bench:
     bench = Bench(paths=paths, params=params, train=train, test=test, manifest=manifest, num_classes=k, device=device,
                   seconds=args.seconds, every=args.every, steps=args.steps, threads=args.threads, labels=labels,
                   seed_sets=seed_sets, extractor=extractor, ref=ref, held_out_nn=held_out_nn, floor={},
-                  pixel_ref=pixel_ref)
+                  pixel_ref=pixel_ref, grids=args.out.with_suffix(""))
     floor = score(bench, test.images.all(), test.labels)
+    save_sample_grid(test.images.all(), test.labels, bench.grids / "data_test.png")
     return replace(bench, floor={**floor, "n": len(test)})
 
 
