@@ -79,7 +79,7 @@ from genlab.data import sources, splits
 from genlab.data.store import to_uint8
 from genlab.device import describe
 from genlab.diffusion.loss import drop_labels
-from genlab.images import save_grid
+from genlab.images import save_class_grid
 from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, compute_reference, nearest_distances, score_against
@@ -432,20 +432,6 @@ def score(bench: Bench, images: torch.Tensor, labels: torch.Tensor) -> dict[str,
     return m
 
 
-def grid_rows(labels: torch.Tensor, per_class: int = GRID_PER_CLASS) -> torch.Tensor:
-    """Indices into a sample set for its grid, one class a row: up to GRID_CLASSES classes spread evenly over all
-    classes, the first `per_class` samples of each."""
-    classes = labels.unique()
-    pick = torch.linspace(0, len(classes) - 1, min(GRID_CLASSES, len(classes))).round().long()
-    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in classes[pick]])
-
-
-def save_sample_grid(images: torch.Tensor, labels: torch.Tensor, path: Path) -> None:
-    """A sample set as a picture (`grid_rows`): what a score says about it should be what it looks like."""
-    per_class = min(GRID_PER_CLASS, int(labels.unique(return_counts=True)[1].min()))
-    save_grid(images[grid_rows(labels, per_class)], path, nrow=per_class)
-
-
 SPREAD = ("fid_ratio", "pixel_fid_ratio", "class_accuracy", "copy_z", "nn_ratio", "precision", "recall")
 
 
@@ -455,7 +441,7 @@ def score_sets(bench: Bench, sample: Sample, grid: Path) -> list[dict[str, Any]]
     for i, seeds in enumerate(bench.seed_sets):
         images = sample(bench.labels, seeds)
         if i == 0:
-            save_sample_grid(images, bench.labels, grid)
+            save_class_grid(images, bench.labels, grid, GRID_PER_CLASS, GRID_CLASSES)
         m = score(bench, images, bench.labels)
         m["fid_ratio"] = m["fid"] / bench.floor["fid"]
         m["pixel_fid_ratio"] = m["pixel_fid"] / bench.floor["pixel_fid"] if "pixel_fid" in m else float("nan")
@@ -651,7 +637,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
                   seed_sets=seed_sets, extractor=extractor, ref=ref, held_out_nn=held_out_nn, floor={},
                   pixel_ref=pixel_ref, grids=args.out.with_suffix(""))
     floor = score(bench, test.images.all(), test.labels)
-    save_sample_grid(test.images.all(), test.labels, bench.grids / "data_test.png")
+    save_class_grid(test.images.all(), test.labels, bench.grids / "data_test.png", GRID_PER_CLASS, GRID_CLASSES)
     return replace(bench, floor={**floor, "n": len(test)})
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("diffusers")
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
@@ -51,15 +50,3 @@ def test_budgets_per_arm() -> None:
     for bad in ("peer:wide=600", "peer:v=ten", "peer:v=1800/120", "peer:v=-5"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--arms", "genlab-latent,peer:v", "--every", "100", "--budget", bad])
-
-
-def test_grid_rows_show_one_class_a_row_spread_over_all_classes() -> None:
-    shapes = torch.arange(144).repeat_interleave(3)  # the shapes bench: 144 classes, 3 samples each
-    idx = bench.grid_rows(shapes, per_class=3)
-    rows = shapes[idx].view(bench.GRID_CLASSES, 3)
-    assert (rows == rows[:, :1]).all()  # every row one class
-    assert rows[0, 0] == 0 and rows[-1, 0] == 143 and len(rows[:, 0].unique()) == bench.GRID_CLASSES
-    digits = torch.arange(10).repeat(36)  # classes interleaved: the rows still gather each class's samples
-    idx = bench.grid_rows(digits)
-    assert digits[idx].view(10, bench.GRID_PER_CLASS).eq(torch.arange(10)[:, None]).all()
-    assert idx[:2].tolist() == [0, 10]  # a class's first samples, in order

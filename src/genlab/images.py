@@ -36,6 +36,28 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int | None = None, scale: 
     atomic_write(path, buffer.getvalue())
 
 
+def class_rows(labels: torch.Tensor, per_class: int, max_classes: int | None = None) -> torch.Tensor:
+    """Indices into a labelled sample set for a grid with one class a row: the first `per_class` images of each
+    class (fewer if a class has fewer), for up to `max_classes` classes spread evenly over all (None: every
+    class). Labels may come in any order."""
+    classes = labels.unique()
+    if max_classes is not None and max_classes < len(classes):
+        classes = classes[torch.linspace(0, len(classes) - 1, max_classes).round().long()]
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in classes])
+
+
+def save_class_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_class: int,
+                    max_classes: int | None = None) -> None:
+    """A sample set as a picture: a row per class (`class_rows`); with fewer than two classes the first 64
+    images, 8 a row."""
+    classes, counts = labels.unique(return_counts=True)
+    if len(classes) < 2:
+        save_grid(images[:64], path, nrow=8)
+        return
+    per_class = min(per_class, int(counts.min()))
+    save_grid(images[class_rows(labels, per_class, max_classes)], path, nrow=per_class)
+
+
 def save_curves(history: pd.DataFrame, path: Path, title: str) -> None:
     """Every loss column against images seen, one panel each."""
     cols = [c for c in history.columns if c != "images_seen"]

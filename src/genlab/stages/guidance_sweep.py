@@ -21,7 +21,7 @@ import torch
 from genlab import inputs
 from genlab.config import EvaluateConfig, LDMConfig, SampleConfig
 from genlab.data.sources import label_attributes
-from genlab.images import save_grid, save_tradeoff
+from genlab.images import save_class_grid, save_tradeoff
 from genlab.metrics import fid
 from genlab.paths import atomic_write, staged_dir
 from genlab.sampling import DiffusionSampler, generate, image_seeds
@@ -70,10 +70,7 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> 
                 row.update({f"prompt_{key}": v for key, v in m.items() if key != "guidance_scale"})
             rows.append(row)
             log.info("guidance %.2f: %s", w, ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "guidance_scale"))
-            per = min(8, cfg.n_per_class)
-            idx = torch.cat([torch.arange(c * cfg.n_per_class, c * cfg.n_per_class + per) for c in range(k)]) \
-                if k else torch.arange(min(64, len(labels)))
-            save_grid(images[idx], out / f"w{w:g}.png", nrow=per if k else 8)
+            save_class_grid(images, labels, out / f"w{w:g}.png", per_class=8)
         table = pd.DataFrame(rows)
         if k:
             save_tradeoff(table, out / "fid_vs_accuracy.png")

@@ -21,7 +21,7 @@ from genlab.checkpoint import read_safetensors
 from genlab.config import DiffusionConfig, LDMConfig, PixelConfig, SampleConfig
 from genlab.data.splits import describe, read_manifest
 from genlab.errors import GenlabError
-from genlab.images import save_grid
+from genlab.images import save_class_grid
 from genlab.paths import atomic_write
 from genlab.sampling import DIFFUSION, generate, image_seeds, load_sampler
 from genlab.stages.common import Context, stage_run, write_metrics
@@ -75,7 +75,7 @@ def sample_labels(manifest: dict, cfg: SampleConfig) -> torch.Tensor:
 
 
 def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: SampleConfig, kwargs: dict,
-                  out: Path, per_class: int) -> dict:
+                  out: Path) -> dict:
     """Generate, then write `<family>.safetensors` (images, labels, seeds) and a `<family>.png` grid."""
     start = time.perf_counter()
     seeds = image_seeds(cfg.seed, family, len(labels))
@@ -84,13 +84,7 @@ def sample_family(family: str, sampler: object, labels: torch.Tensor, cfg: Sampl
     atomic_write(out / f"{family}.safetensors", save({
         "images": images.contiguous(), "labels": fam_labels.contiguous(),
         "seeds": torch.tensor(seeds, dtype=torch.int64)}))
-    # grid: one row per class with its first 10 images; unlabelled data: the first 64
-    k = int(labels.max()) + 1
-    if k > 1:
-        grid_idx = torch.cat([torch.arange(c * per_class, c * per_class + min(10, per_class)) for c in range(k)])
-        save_grid(images[grid_idx], out / f"{family}.png", nrow=min(10, per_class))
-    else:
-        save_grid(images[:64], out / f"{family}.png", nrow=8)
+    save_class_grid(images, labels, out / f"{family}.png", per_class=10)  # unlabelled data: the first 64
     seconds = time.perf_counter() - start
     log.info("sampled %d images from %s in %.1f s", len(seeds), family, seconds)
     return {"n": len(seeds), "conditional": sampler.conditional, "seconds": round(seconds, 3), **kwargs}
@@ -108,7 +102,7 @@ def run(cfg: SampleConfig, ldm: LDMConfig, pixel: PixelConfig, ctx: Context, fam
     stage = f"{STAGE}_{family}"
     with stage_run(ctx, stage, cfg, manifest["content_hash"]) as mlrun:
         ctx.paths.samples.mkdir(parents=True, exist_ok=True)
-        summary = sample_family(family, sampler, labels, cfg, kwargs, ctx.paths.samples, cfg.n_per_class)
+        summary = sample_family(family, sampler, labels, cfg, kwargs, ctx.paths.samples)
         # timings go to metrics/sample_<family>.json, not into the output: same params, same bytes
         record = {"base_seed": cfg.seed, **{k: v for k, v in summary.items() if k != "seconds"}}
         atomic_write(ctx.paths.samples / f"{family}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
