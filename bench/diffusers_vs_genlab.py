@@ -34,7 +34,9 @@ unclipped eps; genlab's DDIM does not clip), and `v-genlab` is genlab's pixel se
 peer recipe gets the same treatment as genlab's params: the best of the sweep at the budget is the peer the claims
 compare with.
 
-Every `--every` seconds of training (and at the end) an arm's EMA weights are copied (off the clock). After
+Every `--every` seconds of total training time (and at the end) an arm's EMA weights are copied (off the clock);
+the latent arm's total includes its VAE's training, so its marks fall at the same total times as a peer's, and the
+300-s excess of every arm is read at 300 s of total training. After
 training, each copy samples `--sample-seeds` sets of n_per_class images of each class (per-image seeded noise,
 the same for every arm), with DDIM (`--steps`, eta 0, guidance `w` of the arm's section, diffusers' DDIMScheduler
 for the peer), and each set is scored as the `evaluate` stage scores: FID, KID, precision/recall against the train
@@ -140,14 +142,14 @@ RECIPES = {
     "v-linear": replace(NEW_USER, prediction="v_prediction", schedule="linear"),  # genlab pixel's schedule
     "v-film": replace(NEW_USER, prediction="v_prediction", film=True),
     "v-batch-64": replace(NEW_USER, prediction="v_prediction", batch_size=64),  # v with the best eps peer's batch
-    # the sampler's x0 clipping off: at guidance 2 on shapes it took a 150-s peer from 260x to 34x the floor
-    "batch-64-noclip": replace(NEW_USER, batch_size=64, clip_sample=False),
-    "v-noclip": replace(NEW_USER, prediction="v_prediction", clip_sample=False),
     # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
     # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
     "v-genlab": Recipe(prediction="v_prediction", schedule="linear", batch_size=64, lr=5e-4, weight_decay=0.0,
                        film=True, clip_sample=False, emas=(0.995, 0.998, 0.999)),
 }
+# every recipe with the sampler's x0 clipping off (`<recipe>-noclip`): at guidance 2 on shapes it took a 150-s peer
+# from 260x to 34x the floor, so the fair sweep is over these
+RECIPES |= {f"{name}-noclip": replace(r, clip_sample=False) for name, r in list(RECIPES.items()) if r.clip_sample}
 
 
 @dataclass(frozen=True)
@@ -213,10 +215,12 @@ class Trained:
 
 
 def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_size: int,
-              off_clock: Callable[[], None] | None = None) -> tuple[Budget, list[Mark]]:
+              off_clock: Callable[[], None] | None = None, offset: float = 0.0) -> tuple[Budget, list[Mark]]:
     """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
-    of wall-clock have passed, checked after each optimizer step; `snapshot` every `bench.every` seconds and at the
-    end, and `off_clock` after every step (the bench's own extra work), with the clock stopped."""
+    of wall-clock have passed, checked after each optimizer step; `snapshot` at every multiple of `bench.every`
+    on the total clock (`offset`, the training spent before this arm's budget, plus this arm's) and at the end,
+    so every arm has a mark at the same total times; `off_clock` after every step (the bench's own extra work),
+    with the clock stopped."""
     seed, n = bench.params.seed, len(bench.train)
     load = os.getloadavg()[0]
     if load > bench.threads + 0.5:  # the bench alone keeps it near its thread count
@@ -226,6 +230,7 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
     times: list[float] = []
     marks: list[Mark] = []
     clock = 0.0  # training seconds, snapshots excluded
+    next_mark = bench.every * (math.floor(offset / bench.every) + 1)  # on the total clock
     with heap_for_steps():  # every arm's steps as `training.train` runs genlab's (genlab.memory)
         while clock < bench.seconds:
             k, t0 = len(losses), time.perf_counter()
@@ -234,7 +239,9 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
             clock += times[-1]
             if off_clock is not None:
                 off_clock()
-            if clock >= bench.every * (len(marks) + 1) or clock >= bench.seconds:
+            if clock + offset >= next_mark or clock >= bench.seconds:
+                while next_mark <= clock + offset:
+                    next_mark += bench.every
                 marks.append(Mark(clock, len(losses) * batch_size, snapshot()))
                 log.info("%s: %d images seen, %.0f s, loss %.4f", arm, len(losses) * batch_size, clock,
                          sum(losses[-10:]) / len(losses[-10:]))
@@ -287,7 +294,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     def snapshot() -> dict[str, Any]:
         return {"ema": copy.deepcopy(run.ema.state_dict())}
 
-    budget, marks = train_for(f"genlab-{space}", step, snapshot, bench, batch)
+    vae_s = vae_seconds(bench.paths.metrics("train_vae")) if vae_dir is not None else 0.0
+    budget, marks = train_for(f"genlab-{space}", step, snapshot, bench, batch, offset=vae_s)
     snapshot_cfg = {"network": run.network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
                     "source": source, "class_names": names, **extra}  # the config train_diffusion writes
@@ -300,7 +308,6 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
             sampler = DiffusionSampler(Path(tmp), vae_dir, device)
         return lambda labels, seeds: generate(sampler, labels, seeds, bench.params.sample.batch_size, **settings)
 
-    vae_s = vae_seconds(bench.paths.metrics("train_vae")) if vae_dir is not None else 0.0
     return Trained(load, sum(p.numel() for p in run.unet.parameters()), budget, marks,
                    {**settings, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "batch_size": batch,
                     "ema_halflife_images": cfg.ema_halflife_images, "network": run.network}, extra_seconds=vae_s)
@@ -517,9 +524,10 @@ def time_to_floor(curve: list[dict[str, Any]]) -> float | None:
 
 
 def at_seconds(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any] | None:
-    """The mark taken at `seconds` of the arm's own budget (the first at or after it: the clock is read per step);
-    None when the budget ended before."""
-    return next((r for r in curve if r["seconds"] >= seconds), None)
+    """The mark taken at `seconds` of total training time (the arm's own plus what it was trained on before, e.g.
+    the latent arm's VAE): the first at or after it, as the clock is read per step; None when the budget ended
+    before."""
+    return next((r for r in curve if r["total_seconds"] >= seconds), None)
 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
