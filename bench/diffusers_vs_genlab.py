@@ -29,10 +29,12 @@ made for GPUs and long runs, kept for reference); `new-user` the setting a new u
 parameters, AdamW lr 1e-3, cosine schedule, batch 128, short EMA); the others move one of its knobs (lr, width,
 depth, schedule, batch, prediction target): the sweep. `v` trains diffusers' v-prediction (Salimans & Ho 2022),
 the setting that took genlab's own pixel U-Net from 427x to 8.8x the floor at the same 20,000 images. The
-`-noclip` recipes turn off DDIMScheduler's default `clip_sample` (it clips the predicted x0 but steps with the
-unclipped eps; genlab's DDIM does not clip), and `v-genlab` is genlab's pixel settings on diffusers' U-Net. Each
-peer recipe gets the same treatment as genlab's params: the best of the sweep at the budget is the peer the claims
-compare with.
+`<recipe>-noclip` twin of each turns off DDIMScheduler's default `clip_sample` (it clips the predicted x0 but steps
+with the unclipped eps; genlab's DDIM does not clip): on digits it takes v recipes 3x closer to the floor and
+leaves eps recipes at 196-264x (clipped, earlier runs: 22-31x; their x0 is unbounded near t = T on the cosine
+schedule), so the fair peer is the better of the pair. `v-genlab` is genlab's pixel settings on diffusers' U-Net.
+Each peer recipe gets the same treatment as genlab's params: the best of the sweep at the budget is the peer the
+claims compare with.
 
 Every `--every` seconds of total training time (and at the end) an arm's EMA weights are copied (off the clock);
 the latent arm's total includes its VAE's training, so its marks fall at the same total times as a peer's, and the
