@@ -317,7 +317,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
 def vae_seconds(path: Path) -> float:
     """The frozen VAE's own training time (its stage's metrics file), spent before the latent arm's budget: time to
-    the floor counts it."""
+    the floor counts it. It was timed when the VAE was trained: retrain it on the bench's machine (`dvc repro
+    train_vae --force`) for a total that is fair to the peers, since machines here differ up to 1.8x."""
     if not path.is_file():
         raise SystemExit(f"{path}: not found; the latent arm needs `dvc repro train_vae` first")
     return float(json.loads(path.read_text())["train_seconds"])
