@@ -18,6 +18,9 @@ Arms, trained one after another in this process on the same prepared data, each 
                   (`diffusion_training.build_step`): its U-Net on the VAE's scaled latents, its loss, lr schedule,
                   condition dropout and EMA.
   genlab-pixel    the same on pixels (`pixel` section).
+  genlab-<space>@PROJECT  the same with the params (and VAE, and its training time) of another project on the same
+                  prepared data: genlab tuned for a budget in a copy of the project (`dvc exp run -S ...` there) runs
+                  beside the default and the peers in one process; its row records the params it overrides.
   peer:<recipe>   a class-conditional diffusers UNet2DModel (DownBlock2D levels, attention at the lowest,
                   num_class_embeds = classes + 1, the last the null label dropped in with `pixel.p_uncond`),
                   trained as diffusers' examples train it (DDPMScheduler noise, MSE on eps or on v as the
@@ -49,8 +52,10 @@ Run (a project where `dvc repro` has written data/prepared, models/evaluator and
     .venv/bin/python bench/diffusers_vs_genlab.py --project . --seconds 600 --every 60 \
         --arms genlab-latent,peer:new-user,peer:lr-2e-3,...
 `--budget ARM=SECONDS[/EVERY]` gives one arm its own budget and mark interval (a slow peer trained long enough to
-reach the floor). It prints one markdown row per arm and mark, the time-to-floor and 300-s excess summary (a bound
-when only genlab reaches the floor: "below" genlab's time over the peer's last mark), and writes JSON to --out.
+reach the floor), `ARM=SECONDS@T1,T2,...` marks at those total times instead (fewer marks on a long run: each costs
+minutes of sampling). It prints one markdown row per arm and mark, and the time-to-floor and 300-s excess claims of
+each genlab-latent arm against the best peer (a bound when only genlab reaches the floor: "below" genlab's time over
+the peer's last mark), and writes JSON to --out, after every arm as well (`"complete": false` until the last).
 diffusers is a test-only dependency: only this bench imports it.
 """
 
@@ -62,6 +67,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -78,11 +84,12 @@ from torch.nn import functional as F
 
 from genlab.checkpoint import save_snapshot
 from genlab.compute import adam, resolve_precision
-from genlab.config import DiffusionConfig, Params, load_params
+from genlab.config import DiffusionConfig, Params, flatten, load_params
 from genlab.data import sources, splits
 from genlab.data.store import to_uint8
 from genlab.device import describe
 from genlab.diffusion.loss import drop_labels
+from genlab.errors import GenlabError
 from genlab.images import save_class_grid
 from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
@@ -168,6 +175,7 @@ class Bench:
     device: torch.device
     seconds: float
     every: float
+    at: tuple[float, ...]  # marks at these total seconds instead of every multiple of `every` (empty: every)
     steps: int
     threads: int
     labels: torch.Tensor  # (N,) class-balanced: n_per_class of each class
@@ -182,6 +190,16 @@ class Bench:
     @property
     def evaluator(self) -> Path:
         return self.paths.model("evaluator") / "model.safetensors"
+
+
+@dataclass(frozen=True)
+class ArmBudget:
+    """An arm's training budget (seconds of its own) and its marks: every `every` s of total training, or at the
+    total times `at`."""
+
+    seconds: float
+    every: float
+    at: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,11 +234,19 @@ class Trained:
     extra_seconds: float = 0.0  # training time spent before the budget (genlab-latent: its VAE's)
 
 
+def mark_after(bench: Bench, total: float) -> float:
+    """The first mark strictly after `total` seconds of total training: the next of `bench.at` when given, else the
+    next multiple of `bench.every`; inf when `bench.at` has none left (the end of the budget still marks)."""
+    if bench.at:
+        return min((t for t in bench.at if t > total), default=math.inf)
+    return bench.every * (math.floor(total / bench.every) + 1)
+
+
 def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_size: int,
               off_clock: Callable[[], None] | None = None, offset: float = 0.0) -> tuple[Budget, list[Mark]]:
     """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
-    of wall-clock have passed, checked after each optimizer step; `snapshot` at every multiple of `bench.every`
-    on the total clock (`offset`, the training spent before this arm's budget, plus this arm's) and at the end,
+    of wall-clock have passed, checked after each optimizer step; `snapshot` at each mark (`mark_after`) on the
+    total clock (`offset`, the training spent before this arm's budget, plus this arm's) and at the end,
     so every arm has a mark at the same total times; `off_clock` after every step (the bench's own extra work),
     with the clock stopped."""
     seed, n = bench.params.seed, len(bench.train)
@@ -232,7 +258,7 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
     times: list[float] = []
     marks: list[Mark] = []
     clock = 0.0  # training seconds, snapshots excluded
-    next_mark = bench.every * (math.floor(offset / bench.every) + 1)  # on the total clock
+    next_mark = mark_after(bench, offset)  # on the total clock
     with heap_for_steps():  # every arm's steps as `training.train` runs genlab's (genlab.memory)
         while clock < bench.seconds:
             k, t0 = len(losses), time.perf_counter()
@@ -242,8 +268,7 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
             if off_clock is not None:
                 off_clock()
             if clock + offset >= next_mark or clock >= bench.seconds:
-                while next_mark <= clock + offset:
-                    next_mark += bench.every
+                next_mark = mark_after(bench, clock + offset)
                 marks.append(Mark(clock, len(losses) * batch_size, snapshot()))
                 log.info("%s: %d images seen, %.0f s, loss %.4f", arm, len(losses) * batch_size, clock,
                          sum(losses[-10:]) / len(losses[-10:]))
@@ -255,15 +280,41 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
     return b, marks
 
 
-def genlab_arm(bench: Bench, space: str) -> Trained:
-    """genlab's training step for `space` ("latent" or "pixel") from the stage's own builder, under a wall-clock
-    budget; each mark's EMA weights sample through `DiffusionSampler` from a snapshot with the config the stage
-    writes."""
+def arm_project(bench: Bench, arm: str) -> tuple[Paths, Params]:
+    """The project whose params (and, for the latent arm, VAE) a genlab arm trains with: the bench's own, or the one
+    after the arm's "@" (genlab-latent@PATH: genlab tuned in a copy of the project, e.g. `dvc exp run -S ...`
+    there), which must hold the same prepared data as the bench's."""
+    _, _, where = arm.partition("@")
+    if not where:
+        return bench.paths, bench.params
+    paths = Paths(Path(where).resolve())
+    try:
+        params = load_params(paths.root / "params.yaml")
+        manifest = splits.read_manifest(paths.prepared)
+    except GenlabError as exc:
+        raise SystemExit(f"{arm}: {exc}") from None
+    if manifest["content_hash"] != bench.manifest["content_hash"]:
+        raise SystemExit(f"{arm}: {paths.prepared} holds other data (content_hash {manifest['content_hash']:.12}) "
+                         f"than {bench.paths.prepared} ({bench.manifest['content_hash']:.12}): every arm trains on "
+                         "the same prepared data")
+    return paths, params
+
+
+def params_overrides(params: Params, base: Params) -> dict[str, Any]:
+    """{"section.key": value} where `params` differ from `base`: the `dvc exp run -S` settings of a tuned arm."""
+    mine, theirs = flatten(params), flatten(base)
+    return {k: v for k, v in mine.items() if theirs.get(k) != v}
+
+
+def genlab_arm(bench: Bench, space: str, paths: Paths, params: Params) -> Trained:
+    """genlab's training step for `space` ("latent" or "pixel") from the stage's own builder, with the `params` of
+    the project at `paths` (its VAE for the latent arm), under a wall-clock budget; each mark's EMA weights sample
+    through `DiffusionSampler` from a snapshot with the config the stage writes."""
     section = "ldm" if space == "latent" else "pixel"  # the params section, and train_<section> its stage
-    cfg: DiffusionConfig = getattr(bench.params, section)
+    cfg: DiffusionConfig = getattr(params, section)
     device, train = bench.device, bench.train
     extra: dict[str, Any] = {"space": space}
-    vae_dir = bench.paths.model("vae") if space == "latent" else None
+    vae_dir = paths.model("vae") if space == "latent" else None
     if vae_dir is not None:
         vae, vae_cfg = load_vae(vae_dir, device)
         scale = float(vae_cfg["latent_scale"])
@@ -283,8 +334,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     source, names = bench.manifest["source"], sources.class_names(bench.manifest)
     # the stage's compute settings: `compute`, with the section's own precision when it sets one (cli.run_stage)
-    ctx = Context(paths=bench.paths, seed=bench.params.seed, device=device,
-                  compute=resolve_precision(device, bench.params.compute_for(section)))
+    ctx = Context(paths=paths, seed=params.seed, device=device,
+                  compute=resolve_precision(device, params.compute_for(section)))
     run = build_step(f"train_{section}", cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
 
@@ -296,7 +347,7 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
     def snapshot() -> dict[str, Any]:
         return {"ema": copy.deepcopy(run.ema.state_dict())}
 
-    vae_s = vae_seconds(bench.paths.metrics("train_vae")) if vae_dir is not None else 0.0
+    vae_s = vae_seconds(paths.metrics("train_vae")) if vae_dir is not None else 0.0
     budget, marks = train_for(f"genlab-{space}", step, snapshot, bench, batch, offset=vae_s)
     snapshot_cfg = {"network": run.network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
@@ -312,7 +363,8 @@ def genlab_arm(bench: Bench, space: str) -> Trained:
 
     return Trained(load, sum(p.numel() for p in run.unet.parameters()), budget, marks,
                    {**settings, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "batch_size": batch,
-                    "ema_halflife_images": cfg.ema_halflife_images, "network": run.network}, extra_seconds=vae_s)
+                    "ema_halflife_images": cfg.ema_halflife_images, "network": run.network, "project": str(paths.root),
+                    "params_overrides": params_overrides(params, bench.params)}, extra_seconds=vae_s)
 
 
 def vae_seconds(path: Path) -> float:
@@ -474,20 +526,22 @@ def score_mark(bench: Bench, sample: Sample, grid: Path) -> dict[str, Any]:
 
 
 def grid_path(bench: Bench, arm: str, variant: str, seconds: float) -> Path:
-    """Where an arm's grid for a variant and mark goes: e.g. <grids>/peer_v_ema_0.99_300s.png."""
-    name = f"{arm}_{variant}_{seconds:.0f}s".replace(":", "_").replace(" ", "_")
+    """Where an arm's grid for a variant and mark goes: e.g. <grids>/peer_v_ema_0.99_300s.png (an @PROJECT arm's
+    path in the name, every run of characters other than letters, digits, "." and "-" one "_")."""
+    name = re.sub(r"[^\w.-]+", "_", f"{arm}_{variant}_{seconds:.0f}s")
     return bench.grids / f"{name}.png"
 
 
-def run_arm(bench: Bench, arm: str, budget: tuple[float, float] | None = None) -> dict[str, Any]:
-    """Train an arm (for `budget`'s (seconds, every) when given, else the bench's), then score each mark of each of
+def run_arm(bench: Bench, arm: str, budget: ArmBudget | None = None) -> dict[str, Any]:
+    """Train an arm (for `budget`'s seconds and marks when given, else the bench's), then score each mark of each of
     its weight variants: {variant: [row per mark]}."""
     if budget is not None:
-        bench = replace(bench, seconds=budget[0], every=budget[1])
+        bench = replace(bench, seconds=budget.seconds, every=budget.every, at=budget.at)
     if arm.startswith("peer:"):
         trained = peer_arm(bench, arm.removeprefix("peer:"), RECIPES[arm.removeprefix("peer:")])
     else:
-        trained = genlab_arm(bench, arm.removeprefix("genlab-"))
+        name, _, _ = arm.partition("@")
+        trained = genlab_arm(bench, name.removeprefix("genlab-"), *arm_project(bench, arm))
     curves: dict[str, list[dict[str, Any]]] = {}
     for mark in trained.marks:
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
@@ -508,7 +562,7 @@ def run_arm(bench: Bench, arm: str, budget: tuple[float, float] | None = None) -
                      row["class_accuracy"], row["copy_z"])
     b = trained.budget
     return {"parameters": trained.parameters, "settings": trained.settings, "extra_seconds": trained.extra_seconds,
-            "budget_seconds": bench.seconds, "every": bench.every, **asdict(b),
+            "budget_seconds": bench.seconds, "every": bench.every, "at": list(bench.at), **asdict(b),
             "images_per_second": b.images_seen / b.train_seconds, "curves": curves}
 
 
@@ -535,7 +589,8 @@ def at_seconds(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any] | 
 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per arm and variant: time to the floor and the excess at EXCESS_AT s. The best peer (and variant) is the one
-    with the smallest excess at EXCESS_AT s; the claims compare genlab-latent with it."""
+    with the smallest excess at EXCESS_AT s; the claims compare each genlab-latent arm (@PROJECT ones too) with it:
+    {"rows", "best_peer", "claims": {arm: {time_ratio, time_ratio_below, excess_ratio}}}."""
     rows = {}
     for arm, r in results.items():
         for variant, curve in r["curves"].items():
@@ -544,19 +599,20 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                           "excess_at": None if at is None else at["fid_ratio"] - 1}
     peers = {k: v for k, v in rows.items() if v["arm"].startswith("peer:") and v["excess_at"] is not None}
     best = min(peers, key=lambda k: peers[k]["excess_at"]) if peers else None
-    genlab = rows.get("genlab-latent (ema)")
-    out: dict[str, Any] = {"rows": rows, "best_peer": best, "time_ratio": None, "time_ratio_below": None,
-                           "excess_ratio": None}
-    if best and genlab:
-        p = peers[best]
-        if genlab["time_to_floor"] is not None and p["time_to_floor"] is not None:
-            out["time_ratio"] = genlab["time_to_floor"] / p["time_to_floor"]
-        elif genlab["time_to_floor"] is not None:  # the peer's time is beyond its last mark: a bound, not a ratio
+    claims: dict[str, dict[str, float | None]] = {}
+    for g in rows.values():
+        if not (best and g["arm"].partition("@")[0] == "genlab-latent" and g["variant"] == "ema"):
+            continue
+        p, c = peers[best], {"time_ratio": None, "time_ratio_below": None, "excess_ratio": None}
+        if g["time_to_floor"] is not None and p["time_to_floor"] is not None:
+            c["time_ratio"] = g["time_to_floor"] / p["time_to_floor"]
+        elif g["time_to_floor"] is not None:  # the peer's time is beyond its last mark: a bound, not a ratio
             last = results[p["arm"]]["curves"][p["variant"]][-1]["total_seconds"]
-            out["time_ratio_below"] = genlab["time_to_floor"] / last
-        if genlab["excess_at"] is not None and p["excess_at"] > 0:
-            out["excess_ratio"] = genlab["excess_at"] / p["excess_at"]
-    return out
+            c["time_ratio_below"] = g["time_to_floor"] / last
+        if g["excess_at"] is not None and p["excess_at"] > 0:
+            c["excess_ratio"] = g["excess_at"] / p["excess_at"]
+        claims[g["arm"]] = c
+    return {"rows": rows, "best_peer": best, "claims": claims}
 
 
 def table(bench: Bench, results: dict[str, dict[str, Any]]) -> str:
@@ -581,10 +637,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-seeds", type=int, default=3, help="sample sets scored per mark (different noise)")
     p.add_argument("--out", type=Path, default=Path("bench/results/diffusers_vs_genlab.json"), help="JSON results")
     p.add_argument("--arms", default="genlab-latent,peer:new-user",
-                   help=f"comma-separated: {', '.join(GENLAB_ARMS)} and peer:<recipe>, recipes {', '.join(RECIPES)}")
-    p.add_argument("--budget", action="append", default=[], metavar="ARM=SECONDS[/EVERY]",
-                   help="one arm's own budget and mark interval (repeatable), e.g. peer:v=1800/300: a slow arm "
-                        "trained long enough to reach the floor, scored at fewer marks")
+                   help=f"comma-separated: {', '.join(GENLAB_ARMS)} (each optionally @PROJECT: that project's "
+                        f"params and VAE) and peer:<recipe>, recipes {', '.join(RECIPES)}")
+    p.add_argument("--budget", action="append", default=[], metavar="ARM=SECONDS[/EVERY|@T1,T2,...]",
+                   help="one arm's own budget and marks (repeatable): every EVERY s, or at the total times T1,T2,..., "
+                        "e.g. peer:v=2400@300,600,1200,2400: a slow arm trained long enough to reach the floor, "
+                        "scored at fewer marks")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for the whole run")
     args = p.parse_args(argv)
@@ -592,25 +650,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--seconds and --every must be > 0; --steps, --n-per-class, --sample-seeds and --threads >= 1")
     args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     known = {*GENLAB_ARMS, *(f"peer:{r}" for r in RECIPES)}
-    unknown = sorted(set(args.arms) - known)
+    unknown = sorted(a for a in args.arms if a.partition("@")[0] not in GENLAB_ARMS and a not in known)
     if unknown:
-        p.error(f"unknown arms {unknown}: expected some of {sorted(known)}")
-    budgets = {arm: (args.seconds, args.every) for arm in args.arms}
+        p.error(f"unknown arms {unknown}: expected some of {sorted(known)} (a genlab arm may add @PROJECT)")
+    budgets = {arm: ArmBudget(args.seconds, args.every) for arm in args.arms}
     for spec in args.budget:
         arm, _, rest = spec.partition("=")
-        seconds, _, every = rest.partition("/")
+        seconds, sep, marks = rest.partition("@") if "@" in rest else rest.partition("/")
         try:
-            budget = (float(seconds), float(every or args.every))
+            if sep == "@":
+                at = tuple(sorted(float(t) for t in marks.split(",")))
+                budget = ArmBudget(float(seconds), args.every, at)
+            else:
+                budget = ArmBudget(float(seconds), float(marks or args.every))
         except ValueError:
-            p.error(f"--budget {spec!r}: expected ARM=SECONDS or ARM=SECONDS/EVERY, e.g. peer:v=1800/300")
+            p.error(f"--budget {spec!r}: expected ARM=SECONDS, ARM=SECONDS/EVERY or ARM=SECONDS@T1,T2,..., e.g. "
+                    "peer:v=1800/300")
         if arm not in budgets:
             p.error(f"--budget {spec!r}: {arm!r} is not one of --arms {args.arms}")
-        if min(budget) <= 0:
-            p.error(f"--budget {spec!r}: seconds and every must be > 0")
+        if min(budget.seconds, budget.every, *budget.at) <= 0:
+            p.error(f"--budget {spec!r}: seconds, every and mark times must be > 0")
         budgets[arm] = budget
-    for arm, (seconds, every) in budgets.items():
-        if seconds >= EXCESS_AT and EXCESS_AT % every:
-            p.error(f"{arm}: its mark interval {every:g} s must divide {EXCESS_AT:.0f}: the excess claim reads the "
+    for arm, b in budgets.items():
+        if b.at and max(b.at) >= EXCESS_AT and EXCESS_AT not in b.at:
+            p.error(f"{arm}: its marks {list(b.at)} pass {EXCESS_AT:.0f} s without one at it: the excess claim reads "
+                    f"the mark at {EXCESS_AT:.0f} s")
+        if not b.at and b.seconds >= EXCESS_AT and EXCESS_AT % b.every:
+            p.error(f"{arm}: its mark interval {b.every:g} s must divide {EXCESS_AT:.0f}: the excess claim reads the "
                     f"mark at {EXCESS_AT:.0f} s")
     args.budgets = budgets
     return args
@@ -644,7 +710,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
     seed_sets = [image_seeds(params.sample.seed, f"bench-{s}", len(labels)) for s in range(args.sample_seeds)]
     pixel_ref = pixel_vectors(train.images.all()) if math.prod(train.images.shape[1:]) <= PIXEL_JUDGE_DIMS else None
     bench = Bench(paths=paths, params=params, train=train, test=test, manifest=manifest, num_classes=k, device=device,
-                  seconds=args.seconds, every=args.every, steps=args.steps, threads=args.threads, labels=labels,
+                  seconds=args.seconds, every=args.every, at=(), steps=args.steps, threads=args.threads, labels=labels,
                   seed_sets=seed_sets, extractor=extractor, ref=ref, held_out_nn=held_out_nn, floor={},
                   pixel_ref=pixel_ref, grids=args.out.with_suffix(""))
     floor = score(bench, test.images.all(), test.labels)
@@ -662,27 +728,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log.info("budget %.0f s per arm, marks every %.0f s, %d DDIM steps, %d sets of %d samples per mark, arms %s, "
              "device %s, %d threads; floor FID %.3f", args.seconds, args.every, args.steps, args.sample_seeds,
              len(bench.labels), args.arms, bench.device, args.threads, bench.floor["fid"])
-    results = {arm: run_arm(bench, arm, args.budgets[arm]) for arm in args.arms}
+    for arm in args.arms:
+        arm_project(bench, arm)  # an @PROJECT arm's params and data checked before any arm trains
+    head = {"project": str(bench.paths.root), "seconds_per_arm": args.seconds, "every": args.every,
+            "steps": args.steps, "n_per_class": args.n_per_class, "sample_seeds": args.sample_seeds,
+            "threads": args.threads, "device": describe(bench.device), "seed": bench.params.seed,
+            "sample_seed": bench.params.sample.seed, "feature_extractor": bench.extractor.note, "floor": bench.floor}
+    results: dict[str, dict[str, Any]] = {}
+    for arm in args.arms:
+        results[arm] = run_arm(bench, arm, args.budgets[arm])
+        if len(results) < len(args.arms):  # the arms done so far, kept should a later one fail or be stopped
+            write_json(args.out, {**head, "arms": results, "complete": False})
     summary = summarize(results)
     print(table(bench, results))
     print()
     print(pd.DataFrame(summary["rows"]).T.to_markdown(floatfmt=".3g"))
     if summary["best_peer"]:
         print(f"\nbest tuned peer at {EXCESS_AT:.0f} s: {summary['best_peer']}")
+    for arm, claim in summary["claims"].items():
         for key, bar, what in (("time_ratio", TIME_BAR, "time to the floor"),
                                ("excess_ratio", EXCESS_BAR, f"excess at {EXCESS_AT:.0f} s")):
-            v, below = summary[key], summary.get(f"{key}_below")
+            v, below = claim[key], claim.get(f"{key}_below")
             if v is None and below is not None:  # only genlab reached the floor: the peer's time is longer than its run
-                print(f"genlab-latent / best peer, {what}: below {below:.3f} (the peer did not reach the floor in "
-                      f"its budget; {'meets' if below <= bar else 'cannot show'} the bar <= {bar})")
+                print(f"{arm} / best peer, {what}: below {below:.3f} (the peer did not reach the floor in its budget; "
+                      f"{'meets' if below <= bar else 'cannot show'} the bar <= {bar})")
                 continue
-            print(f"genlab-latent / best peer, {what}: " + ("not reached by both" if v is None else
+            print(f"{arm} / best peer, {what}: " + ("not reached by both" if v is None else
                   f"{v:.3f} ({'meets' if v <= bar else 'misses'} the bar <= {bar})"))
-    out = {"project": str(bench.paths.root), "seconds_per_arm": args.seconds, "every": args.every,
-           "steps": args.steps, "n_per_class": args.n_per_class, "sample_seeds": args.sample_seeds,
-           "threads": args.threads, "device": describe(bench.device), "seed": bench.params.seed,
-           "sample_seed": bench.params.sample.seed, "feature_extractor": bench.extractor.note, "floor": bench.floor,
-           "arms": results, **summary}
+    out = {**head, "arms": results, "complete": True, **summary}
     write_json(args.out, out)
     return out
 

@@ -1,19 +1,26 @@
 """The diffusers bench's verdicts: time to the floor, its bound when only genlab gets there, the excess at 300 s,
-per-arm budgets, and which samples a grid shows. Synthetic curves stand in for trained arms, so the arithmetic is
-checked, not the models."""
+per-arm budgets and marks, and genlab arms from another project (@PROJECT). Synthetic curves stand in for trained
+arms, so the arithmetic is checked, not the models."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 
 pytest.importorskip("diffusers")
 sys.path.append(str(Path(__file__).resolve().parents[1] / "bench"))
 import diffusers_vs_genlab as bench  # noqa: E402
+
+from genlab.config import load_params  # noqa: E402
+from genlab.data import splits  # noqa: E402
+from genlab.paths import Paths  # noqa: E402
+from tests.conftest import tiny_params  # noqa: E402
 
 
 def curve(points: list[tuple[float, float]], extra: float = 0.0) -> list[dict]:
@@ -32,15 +39,17 @@ def test_the_time_ratio_is_a_bound_when_only_genlab_reaches_the_floor() -> None:
     peer = curve([(300, 21.7), (900, 37.5), (1800, 35.8)])
     out = bench.summarize(results(genlab, {"peer:v": peer}))
     assert out["rows"]["genlab-latent (ema)"]["time_to_floor"] == 866  # the first mark <= 1.1x, the VAE counted
-    assert out["time_ratio"] is None and out["time_ratio_below"] == pytest.approx(866 / 1800)
-    assert out["excess_ratio"] == pytest.approx(5.0 / 20.7)  # read at 300 s in all, not 300 s of its own
+    claim = out["claims"]["genlab-latent"]
+    assert claim["time_ratio"] is None and claim["time_ratio_below"] == pytest.approx(866 / 1800)
+    assert claim["excess_ratio"] == pytest.approx(5.0 / 20.7)  # read at 300 s in all, not 300 s of its own
 
 
 def test_marks_fall_on_the_total_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     # a fake clock: every step takes 10 s; marks every 50 s of total time, the budget 100 s of the arm's own
     now = itertools.count(0, 10)  # perf_counter is read before and after each step: 10 s a step
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(now)))
-    fake = SimpleNamespace(params=SimpleNamespace(seed=0), train=range(100), threads=64, seconds=100.0, every=50.0)
+    fake = SimpleNamespace(params=SimpleNamespace(seed=0), train=range(100), threads=64, seconds=100.0, every=50.0,
+                           at=())
 
     def own_marks(offset: float) -> list[float]:
         _, marks = bench.train_for("arm", lambda idx, g: 0.0, dict, fake, 10, offset=offset)
@@ -49,6 +58,9 @@ def test_marks_fall_on_the_total_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     assert own_marks(0.0) == [50.0, 100.0]
     assert own_marks(35.0) == [20.0, 70.0, 100.0]  # totals 55 and 105 (the first at or after 50 and 100), then the end
     assert own_marks(160.0) == [40.0, 90.0, 100.0]  # the VAE alone took it past 150: the first mark is at 200
+    fake.at = (30.0, 60.0, 130.0)  # explicit total times instead of every 50 s
+    assert own_marks(0.0) == [30.0, 60.0, 100.0]  # 130 is past the budget: the end marks
+    assert own_marks(35.0) == [30.0, 100.0]  # totals 65 (the first at or after 60; 30 passed during the VAE), 135
 
 
 def test_the_best_peer_is_the_smallest_excess_at_300_s_and_gives_a_plain_ratio() -> None:
@@ -57,14 +69,65 @@ def test_the_best_peer_is_the_smallest_excess_at_300_s_and_gives_a_plain_ratio()
     fast = curve([(300, 11.0), (1200, 1.1)])
     out = bench.summarize(results(genlab, {"peer:a": slow, "peer:b": fast}))
     assert out["best_peer"] == "peer:b (ema 0.99)"
-    assert out["time_ratio"] == pytest.approx(600 / 1200) and out["time_ratio_below"] is None
-    assert out["excess_ratio"] == pytest.approx(1.0 / 10.0)
+    claim = out["claims"]["genlab-latent"]
+    assert claim["time_ratio"] == pytest.approx(600 / 1200) and claim["time_ratio_below"] is None
+    assert claim["excess_ratio"] == pytest.approx(1.0 / 10.0)
+
+
+def test_every_genlab_latent_arm_is_compared_with_the_best_peer() -> None:
+    # the default project's arm and one tuned in another project (@PATH), against one peer; the pixel arm makes no
+    # claim, and a peer is never a genlab arm
+    res = results(curve([(300, 46.0), (1200, 1.08)]), {"peer:v": curve([(300, 9.0), (2400, 7.5)])})
+    res["genlab-latent@/tmp/tuned"] = {"curves": {"ema": curve([(300, 3.0), (600, 1.3)])}}
+    res["genlab-pixel"] = {"curves": {"ema": curve([(300, 2.0)])}}
+    claims = bench.summarize(res)["claims"]
+    assert set(claims) == {"genlab-latent", "genlab-latent@/tmp/tuned"}
+    assert claims["genlab-latent"]["time_ratio_below"] == pytest.approx(1200 / 2400)
+    assert claims["genlab-latent"]["excess_ratio"] == pytest.approx(45.0 / 8.0)
+    assert claims["genlab-latent@/tmp/tuned"]["excess_ratio"] == pytest.approx(2.0 / 8.0)
+    assert claims["genlab-latent@/tmp/tuned"]["time_ratio"] is None  # neither reached the floor
+    assert claims["genlab-latent@/tmp/tuned"]["time_ratio_below"] is None
 
 
 def test_budgets_per_arm() -> None:
+    with pytest.raises(SystemExit):  # only a genlab arm takes @PROJECT
+        bench.parse_args(["--arms", "peer:v@../tuned"])
     args = bench.parse_args(["--arms", "genlab-latent,peer:v", "--seconds", "1050", "--every", "150",
                              "--budget", "peer:v=1800/300"])
-    assert args.budgets == {"genlab-latent": (1050.0, 150.0), "peer:v": (1800.0, 300.0)}
-    for bad in ("peer:wide=600", "peer:v=ten", "peer:v=1800/120", "peer:v=-5"):
+    assert args.budgets == {"genlab-latent": bench.ArmBudget(1050.0, 150.0), "peer:v": bench.ArmBudget(1800.0, 300.0)}
+    args = bench.parse_args(["--arms", "genlab-latent@../tuned,peer:v", "--every", "150",
+                             "--budget", "peer:v=2400@2400,300,600", "--budget", "genlab-latent@../tuned=200"])
+    assert args.budgets == {"genlab-latent@../tuned": bench.ArmBudget(200.0, 150.0),
+                            "peer:v": bench.ArmBudget(2400.0, 150.0, (300.0, 600.0, 2400.0))}
+    for bad in ("peer:wide=600", "peer:v=ten", "peer:v=1800/120", "peer:v=-5", "peer:v=2400@600,1200",
+                "peer:v=600@300,x"):
         with pytest.raises(SystemExit):
             bench.parse_args(["--arms", "genlab-latent,peer:v", "--every", "100", "--budget", bad])
+
+
+def test_an_arm_from_another_project_must_hold_the_same_data(tmp_path: Path) -> None:
+
+    def project(name: str, content_hash: str, lr: float) -> Path:
+        root = tmp_path / name
+        (root / "data" / "prepared").mkdir(parents=True)
+        params = tiny_params()
+        params["ldm"]["lr"] = lr
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        manifest = {"source": "digits", "num_classes": 10, "attributes": {"names": [], "num_classes": []},
+                    "content_hash": content_hash, "image_shape": [1, 8, 8], "counts": {"train": 5, "val": 1, "test": 1}}
+        (root / "data" / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+        return root
+
+    home = Paths(project("home", "a" * 64, 1e-3))
+    fake = SimpleNamespace(paths=home, params=load_params(home.root / "params.yaml"),
+                           manifest=splits.read_manifest(home.prepared))
+    tuned = project("tuned", "a" * 64, 2e-3)
+    paths, params = bench.arm_project(fake, f"genlab-latent@{tuned}")
+    assert paths.root == tuned and params.ldm.lr == 2e-3
+    assert bench.params_overrides(params, fake.params) == {"ldm.lr": 2e-3}
+    assert bench.arm_project(fake, "genlab-latent") == (home, fake.params)
+    other = project("other", "b" * 64, 1e-3)
+    with pytest.raises(SystemExit, match=r"other/data/prepared holds other data \(content_hash bbbbbbbbbbbb\)"):
+        bench.arm_project(fake, f"genlab-latent@{other}")
+    with pytest.raises(SystemExit, match=r"genlab-latent@.*missing.*params\.yaml"):
+        bench.arm_project(fake, f"genlab-latent@{tmp_path / 'missing'}")
