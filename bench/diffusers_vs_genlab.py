@@ -725,9 +725,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fix_mmap_threshold()  # the process set up as a stage's (genlab.cli.main, run_stage): 128 KiB outside loops of
     bench = make_bench(args)  # steps, which take heap blocks up to set_steps_threshold's ceiling
     set_steps_threshold(bench.train.images.shape[-1])
-    log.info("budget %.0f s per arm, marks every %.0f s, %d DDIM steps, %d sets of %d samples per mark, arms %s, "
-             "device %s, %d threads; floor FID %.3f", args.seconds, args.every, args.steps, args.sample_seeds,
-             len(bench.labels), args.arms, bench.device, args.threads, bench.floor["fid"])
+    plan = "; ".join(f"{arm} {b.seconds:.0f} s, marks " + (f"at {', '.join(f'{t:g}' for t in b.at)}" if b.at else
+                     f"every {b.every:g}") + " s in all" for arm, b in args.budgets.items())
+    log.info("%s; %d DDIM steps, %d sets of %d samples per mark, device %s, %d threads; floor FID %.3f", plan,
+             args.steps, args.sample_seeds, len(bench.labels), bench.device, args.threads, bench.floor["fid"])
     for arm in args.arms:
         arm_project(bench, arm)  # an @PROJECT arm's params and data checked before any arm trains
     head = {"project": str(bench.paths.root), "seconds_per_arm": args.seconds, "every": args.every,
