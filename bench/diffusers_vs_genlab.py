@@ -306,10 +306,12 @@ def params_overrides(params: Params, base: Params) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if theirs.get(k) != v}
 
 
-def genlab_arm(bench: Bench, space: str, paths: Paths, params: Params) -> Trained:
-    """genlab's training step for `space` ("latent" or "pixel") from the stage's own builder, with the `params` of
-    the project at `paths` (its VAE for the latent arm), under a wall-clock budget; each mark's EMA weights sample
-    through `DiffusionSampler` from a snapshot with the config the stage writes."""
+def genlab_arm(bench: Bench, arm: str, paths: Paths, params: Params) -> Trained:
+    """genlab's training step for `arm`'s space ("genlab-latent" or "genlab-pixel", @PROJECT or not) from the
+    stage's own builder, with the `params` of the project at `paths` (its VAE for the latent arm), under a wall-clock
+    budget; each mark's EMA weights sample through `DiffusionSampler` from a snapshot with the config the stage
+    writes."""
+    space = arm.partition("@")[0].removeprefix("genlab-")  # latent | pixel
     section = "ldm" if space == "latent" else "pixel"  # the params section, and train_<section> its stage
     cfg: DiffusionConfig = getattr(params, section)
     device, train = bench.device, bench.train
@@ -348,7 +350,7 @@ def genlab_arm(bench: Bench, space: str, paths: Paths, params: Params) -> Traine
         return {"ema": copy.deepcopy(run.ema.state_dict())}
 
     vae_s = vae_seconds(paths.metrics("train_vae")) if vae_dir is not None else 0.0
-    budget, marks = train_for(f"genlab-{space}", step, snapshot, bench, batch, offset=vae_s)
+    budget, marks = train_for(arm, step, snapshot, bench, batch, offset=vae_s)
     snapshot_cfg = {"network": run.network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
                     "source": source, "class_names": names, **extra}  # the config train_diffusion writes
@@ -540,8 +542,7 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget | None = None) -> dict[str
     if arm.startswith("peer:"):
         trained = peer_arm(bench, arm.removeprefix("peer:"), RECIPES[arm.removeprefix("peer:")])
     else:
-        name, _, _ = arm.partition("@")
-        trained = genlab_arm(bench, name.removeprefix("genlab-"), *arm_project(bench, arm))
+        trained = genlab_arm(bench, arm, *arm_project(bench, arm))
     curves: dict[str, list[dict[str, Any]]] = {}
     for mark in trained.marks:
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
