@@ -30,8 +30,10 @@ Arms, trained one after another in this process on the same prepared data, each 
 RECIPES: `example` is diffusers' train_unconditional recipe (6.5 M parameters, lr 1e-4, EMA 0.9999 with warm-up:
 made for GPUs and long runs, kept for reference); `new-user` the setting a new user finds in an afternoon (1.1 M
 parameters, AdamW lr 1e-3, cosine schedule, batch 128, short EMA); the others move one of its knobs (lr, width,
-depth, schedule, batch, prediction target): the sweep. `v` trains diffusers' v-prediction (Salimans & Ho 2022),
-the setting that took genlab's own pixel U-Net from 427x to 8.8x the floor at the same 20,000 images. The
+depth, noise schedule, batch, prediction target, lr schedule): the sweep; `-cos` recipes anneal the lr to 0 over
+the arm's time budget (the cosine of genlab's `lr_schedule`, on the arm's own training clock). `v` trains
+diffusers' v-prediction (Salimans & Ho 2022), the setting that took genlab's own pixel U-Net from 427x to 8.8x the
+floor at the same 20,000 images. The
 `<recipe>-noclip` twin of each turns off DDIMScheduler's default `clip_sample` (it clips the predicted x0 but steps
 with the unclipped eps; genlab's DDIM does not clip): on digits it takes v recipes 3x closer to the floor and
 leaves eps recipes at 196-264x (clipped, earlier runs: 22-31x; their x0 is unbounded near t = T on the cosine
@@ -69,6 +71,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -102,6 +105,7 @@ from genlab.stages.common import Context
 from genlab.stages.diffusion_training import build_step
 from genlab.stages.evaluate import accuracies
 from genlab.stages.train_vae import encode
+from genlab.training import learning_rate
 
 GENLAB_ARMS = ("genlab-latent", "genlab-pixel")
 FLOOR_FACTOR = 1.1  # "reaches the floor": mean FID <= 1.1x the data floor
@@ -124,6 +128,7 @@ class Recipe:
     channels: tuple[int, ...] = (32, 64, 64)
     layers: int = 1
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine: annealed to 0 over the arm's time budget (genlab's formula)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-2  # torch's AdamW default
     schedule: str = "squaredcos_cap_v2"  # diffusers' name for the cosine schedule of alpha_bar
@@ -153,6 +158,10 @@ RECIPES = {
     "v-batch-64": replace(NEW_USER, prediction="v_prediction", batch_size=64),  # v with the best eps peer's batch
     # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
     # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
+    # v annealed over the budget, as genlab's ldm.lr_schedule cosine anneals over its train_images (the lr a short
+    # run can afford is higher when it decays: 2e-3 as well)
+    "v-cos": replace(NEW_USER, prediction="v_prediction", lr_schedule="cosine"),
+    "v-lr-2e-3-cos": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine"),
     "v-genlab": Recipe(prediction="v_prediction", schedule="linear", batch_size=64, lr=5e-4, weight_decay=0.0,
                        film=True, clip_sample=False, emas=(0.995, 0.998, 0.999)),
 }
@@ -162,9 +171,27 @@ RECIPES |= {f"{name}-noclip": replace(r, clip_sample=False) for name, r in list(
 
 
 @dataclass(frozen=True)
+class ArmBudget:
+    """An arm's training budget (seconds of its own) and its marks: every `every` s of total training, or at the
+    total times `at`."""
+
+    seconds: float
+    every: float
+    at: tuple[float, ...] = ()
+
+    def mark_after(self, total: float) -> float:
+        """The first mark strictly after `total` seconds of total training: the next of `at` when given, else the
+        next multiple of `every`; inf when `at` has none left (the end of the budget still marks)."""
+        if self.at:
+            return min((t for t in self.at if t > total), default=math.inf)
+        return self.every * (math.floor(total / self.every) + 1)
+
+
+@dataclass(frozen=True)
 class Bench:
     """What every arm shares: the project, its params and data, the budget, the sampling request and the scoring
-    reference (the train split's features and radii, the test split's nearest-neighbour distances, the floor)."""
+    reference (the train split's features and radii, the test split's nearest-neighbour distances, the floor); each
+    arm brings its own `ArmBudget`."""
 
     paths: Paths
     params: Params
@@ -173,9 +200,6 @@ class Bench:
     manifest: dict[str, Any]  # the prepared data's: its source and class names
     num_classes: int
     device: torch.device
-    seconds: float
-    every: float
-    at: tuple[float, ...]  # marks at these total seconds instead of every multiple of `every` (empty: every)
     steps: int
     threads: int
     labels: torch.Tensor  # (N,) class-balanced: n_per_class of each class
@@ -190,16 +214,6 @@ class Bench:
     @property
     def evaluator(self) -> Path:
         return self.paths.model("evaluator") / "model.safetensors"
-
-
-@dataclass(frozen=True)
-class ArmBudget:
-    """An arm's training budget (seconds of its own) and its marks: every `every` s of total training, or at the
-    total times `at`."""
-
-    seconds: float
-    every: float
-    at: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -234,18 +248,10 @@ class Trained:
     extra_seconds: float = 0.0  # training time spent before the budget (genlab-latent: its VAE's)
 
 
-def mark_after(bench: Bench, total: float) -> float:
-    """The first mark strictly after `total` seconds of total training: the next of `bench.at` when given, else the
-    next multiple of `bench.every`; inf when `bench.at` has none left (the end of the budget still marks)."""
-    if bench.at:
-        return min((t for t in bench.at if t > total), default=math.inf)
-    return bench.every * (math.floor(total / bench.every) + 1)
-
-
-def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_size: int,
+def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, budget: ArmBudget, batch_size: int,
               off_clock: Callable[[], None] | None = None, offset: float = 0.0) -> tuple[Budget, list[Mark]]:
-    """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `bench.seconds`
-    of wall-clock have passed, checked after each optimizer step; `snapshot` at each mark (`mark_after`) on the
+    """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `budget.seconds`
+    of wall-clock have passed, checked after each optimizer step; `snapshot` at each mark (`budget.mark_after`) on the
     total clock (`offset`, the training spent before this arm's budget, plus this arm's) and at the end,
     so every arm has a mark at the same total times; `off_clock` after every step (the bench's own extra work),
     with the clock stopped."""
@@ -258,17 +264,17 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, batch_si
     times: list[float] = []
     marks: list[Mark] = []
     clock = 0.0  # training seconds, snapshots excluded
-    next_mark = mark_after(bench, offset)  # on the total clock
+    next_mark = budget.mark_after(offset)  # on the total clock
     with heap_for_steps():  # every arm's steps as `training.train` runs genlab's (genlab.memory)
-        while clock < bench.seconds:
+        while clock < budget.seconds:
             k, t0 = len(losses), time.perf_counter()
             losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k)))
             times.append(time.perf_counter() - t0)
             clock += times[-1]
             if off_clock is not None:
                 off_clock()
-            if clock + offset >= next_mark or clock >= bench.seconds:
-                next_mark = mark_after(bench, clock + offset)
+            if clock + offset >= next_mark or clock >= budget.seconds:
+                next_mark = budget.mark_after(clock + offset)
                 marks.append(Mark(clock, len(losses) * batch_size, snapshot()))
                 log.info("%s: %d images seen, %.0f s, loss %.4f", arm, len(losses) * batch_size, clock,
                          sum(losses[-10:]) / len(losses[-10:]))
@@ -292,9 +298,9 @@ def arm_project(bench: Bench, arm: str) -> tuple[Paths, Params]:
         params = load_params(paths.root / "params.yaml")
         manifest = splits.read_manifest(paths.prepared)
     except GenlabError as exc:
-        raise SystemExit(f"{arm}: {exc}") from None
+        raise GenlabError(f"{arm}: {exc}") from None
     if manifest["content_hash"] != bench.manifest["content_hash"]:
-        raise SystemExit(f"{arm}: {paths.prepared} holds other data (content_hash {manifest['content_hash']:.12}) "
+        raise GenlabError(f"{arm}: {paths.prepared} holds other data (content_hash {manifest['content_hash']:.12}) "
                          f"than {bench.paths.prepared} ({bench.manifest['content_hash']:.12}): every arm trains on "
                          "the same prepared data")
     return paths, params
@@ -306,7 +312,7 @@ def params_overrides(params: Params, base: Params) -> dict[str, Any]:
     return {k: v for k, v in mine.items() if theirs.get(k) != v}
 
 
-def genlab_arm(bench: Bench, arm: str, paths: Paths, params: Params) -> Trained:
+def genlab_arm(bench: Bench, arm: str, budget: ArmBudget, paths: Paths, params: Params) -> Trained:
     """genlab's training step for `arm`'s space ("genlab-latent" or "genlab-pixel", @PROJECT or not) from the
     stage's own builder, with the `params` of the project at `paths` (its VAE for the latent arm), under a wall-clock
     budget; each mark's EMA weights sample through `DiffusionSampler` from a snapshot with the config the stage
@@ -350,7 +356,7 @@ def genlab_arm(bench: Bench, arm: str, paths: Paths, params: Params) -> Trained:
         return {"ema": copy.deepcopy(run.ema.state_dict())}
 
     vae_s = vae_seconds(paths.metrics("train_vae")) if vae_dir is not None else 0.0
-    budget, marks = train_for(arm, step, snapshot, bench, batch, offset=vae_s)
+    done, marks = train_for(arm, step, snapshot, bench, budget, batch, offset=vae_s)
     snapshot_cfg = {"network": run.network, "timesteps": cfg.timesteps, "schedule": cfg.schedule,
                     "prediction": cfg.prediction, "conditioning": cfg.conditioning, "latent_shape": shape,
                     "source": source, "class_names": names, **extra}  # the config train_diffusion writes
@@ -363,7 +369,7 @@ def genlab_arm(bench: Bench, arm: str, paths: Paths, params: Params) -> Trained:
             sampler = DiffusionSampler(Path(tmp), vae_dir, device)
         return lambda labels, seeds: generate(sampler, labels, seeds, bench.params.sample.batch_size, **settings)
 
-    return Trained(load, sum(p.numel() for p in run.unet.parameters()), budget, marks,
+    return Trained(load, sum(p.numel() for p in run.unet.parameters()), done, marks,
                    {**settings, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "batch_size": batch,
                     "ema_halflife_images": cfg.ema_halflife_images, "network": run.network, "project": str(paths.root),
                     "params_overrides": params_overrides(params, bench.params)}, extra_seconds=vae_s)
@@ -374,7 +380,7 @@ def vae_seconds(path: Path) -> float:
     the floor counts it. It was timed when the VAE was trained: retrain it on the bench's machine (`dvc repro
     train_vae --force`) for a total that is fair to the peers, since machines here differ up to 1.8x."""
     if not path.is_file():
-        raise SystemExit(f"{path}: not found; the latent arm needs `dvc repro train_vae` first")
+        raise GenlabError(f"{path}: not found; the latent arm needs `dvc repro train_vae` first")
     return float(json.loads(path.read_text())["train_seconds"])
 
 
@@ -415,7 +421,7 @@ def diffusers_ddim(model: UNet2DModel, scheduler: DDIMScheduler, labels: torch.T
     return x.clamp(-1, 1).cpu()
 
 
-def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
+def peer_arm(bench: Bench, name: str, recipe: Recipe, budget: ArmBudget) -> Trained:
     """A diffusers UNet2DModel trained by `recipe` (module docstring), class-conditional, under the budget."""
     pixel, device, train = bench.params.pixel, bench.device, bench.train
     torch.manual_seed(bench.params.seed)
@@ -431,8 +437,13 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
     first, *others = emas.values()
     null = bench.num_classes
     batch = min(recipe.batch_size, len(train))
+    spent = 0.0  # this arm's training seconds so far: a cosine recipe's lr anneals over the time budget
 
     def step(idx: torch.Tensor, g: torch.Generator) -> float:
+        nonlocal spent
+        t0 = time.perf_counter()
+        for group in opt.param_groups:  # progress in thousandths of the budget
+            group["lr"] = learning_rate(recipe.lr, recipe.lr_schedule, int(1000 * spent / budget.seconds), 1000)
         model.train()
         x0 = train.images[idx].to(device)
         y = drop_labels(train.labels[idx], pixel.p_uncond, null, g).to(device)
@@ -447,7 +458,9 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
         first.step(model.parameters())  # one EMA on the clock, as a run of this recipe keeps one
-        return loss.item()
+        out = loss.item()
+        spent += time.perf_counter() - t0
+        return out
 
     def other_emas() -> None:  # the sweep's other decays: the bench's extra work, off the clock
         for ema in others:
@@ -456,7 +469,7 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
     def snapshot() -> dict[str, Any]:
         return {v: [p.detach().clone() for p in ema.shadow_params] for v, ema in emas.items()}
 
-    budget, marks = train_for(f"peer:{name}", step, snapshot, bench, batch, other_emas)
+    done, marks = train_for(f"peer:{name}", step, snapshot, bench, budget, batch, other_emas)
     ddim = DDIMScheduler.from_config(noise_scheduler.config, clip_sample=recipe.clip_sample)
     ema_model, w = copy.deepcopy(model), pixel.guidance_scale
 
@@ -473,8 +486,9 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe) -> Trained:
         return sample
 
     settings = {"sampler": "ddim (diffusers DDIMScheduler)", "steps": bench.steps, "eta": 0.0, "guidance_scale": w,
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()}}
-    return Trained(load, sum(p.numel() for p in model.parameters()), budget, marks, settings)
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(recipe).items()},
+                "final_lr": opt.param_groups[0]["lr"]}  # the last step's: near 0 after a cosine recipe's budget
+    return Trained(load, sum(p.numel() for p in model.parameters()), done, marks, settings)
 
 
 def pixel_vectors(images: torch.Tensor) -> torch.Tensor:
@@ -534,15 +548,14 @@ def grid_path(bench: Bench, arm: str, variant: str, seconds: float) -> Path:
     return bench.grids / f"{name}.png"
 
 
-def run_arm(bench: Bench, arm: str, budget: ArmBudget | None = None) -> dict[str, Any]:
-    """Train an arm (for `budget`'s seconds and marks when given, else the bench's), then score each mark of each of
-    its weight variants: {variant: [row per mark]}."""
-    if budget is not None:
-        bench = replace(bench, seconds=budget.seconds, every=budget.every, at=budget.at)
+def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Params] | None = None) -> dict[str, Any]:
+    """Train an arm for `budget`'s seconds and marks (a genlab arm with `project`'s params: `arm_project`), then
+    score each mark of each of its weight variants: {variant: [row per mark]}."""
     if arm.startswith("peer:"):
-        trained = peer_arm(bench, arm.removeprefix("peer:"), RECIPES[arm.removeprefix("peer:")])
+        trained = peer_arm(bench, arm.removeprefix("peer:"), RECIPES[arm.removeprefix("peer:")], budget)
     else:
-        trained = genlab_arm(bench, arm, *arm_project(bench, arm))
+        assert project is not None, f"{arm}: a genlab arm trains with a project's params"
+        trained = genlab_arm(bench, arm, budget, *project)
     curves: dict[str, list[dict[str, Any]]] = {}
     for mark in trained.marks:
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
@@ -563,7 +576,7 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget | None = None) -> dict[str
                      row["class_accuracy"], row["copy_z"])
     b = trained.budget
     return {"parameters": trained.parameters, "settings": trained.settings, "extra_seconds": trained.extra_seconds,
-            "budget_seconds": bench.seconds, "every": bench.every, "at": list(bench.at), **asdict(b),
+            "budget_seconds": budget.seconds, "every": budget.every, "at": list(budget.at), **asdict(b),
             "images_per_second": b.images_seen / b.train_seconds, "curves": curves}
 
 
@@ -697,7 +710,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
     manifest = splits.read_manifest(paths.prepared)
     k = int(manifest["num_classes"])
     if not k:
-        raise SystemExit(f"{paths.prepared}: unlabelled data; this bench compares class-conditional models")
+        raise GenlabError(f"{paths.prepared}: unlabelled data; this bench compares class-conditional models")
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     train, test = splits.read(paths.prepared, "train"), splits.read(paths.prepared, "test")
@@ -711,7 +724,7 @@ def make_bench(args: argparse.Namespace) -> Bench:
     seed_sets = [image_seeds(params.sample.seed, f"bench-{s}", len(labels)) for s in range(args.sample_seeds)]
     pixel_ref = pixel_vectors(train.images.all()) if math.prod(train.images.shape[1:]) <= PIXEL_JUDGE_DIMS else None
     bench = Bench(paths=paths, params=params, train=train, test=test, manifest=manifest, num_classes=k, device=device,
-                  seconds=args.seconds, every=args.every, at=(), steps=args.steps, threads=args.threads, labels=labels,
+                  steps=args.steps, threads=args.threads, labels=labels,
                   seed_sets=seed_sets, extractor=extractor, ref=ref, held_out_nn=held_out_nn, floor={},
                   pixel_ref=pixel_ref, grids=args.out.with_suffix(""))
     floor = score(bench, test.images.all(), test.labels)
@@ -730,15 +743,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      f"every {b.every:g}") + " s in all" for arm, b in args.budgets.items())
     log.info("%s; %d DDIM steps, %d sets of %d samples per mark, device %s, %d threads; floor FID %.3f", plan,
              args.steps, args.sample_seeds, len(bench.labels), bench.device, args.threads, bench.floor["fid"])
-    for arm in args.arms:
-        arm_project(bench, arm)  # an @PROJECT arm's params and data checked before any arm trains
+    # every genlab arm's project (an @PROJECT arm's params and data checked) before any arm trains
+    projects = {arm: arm_project(bench, arm) for arm in args.arms if not arm.startswith("peer:")}
     head = {"project": str(bench.paths.root), "seconds_per_arm": args.seconds, "every": args.every,
             "steps": args.steps, "n_per_class": args.n_per_class, "sample_seeds": args.sample_seeds,
             "threads": args.threads, "device": describe(bench.device), "seed": bench.params.seed,
             "sample_seed": bench.params.sample.seed, "feature_extractor": bench.extractor.note, "floor": bench.floor}
     results: dict[str, dict[str, Any]] = {}
     for arm in args.arms:
-        results[arm] = run_arm(bench, arm, args.budgets[arm])
+        results[arm] = run_arm(bench, arm, args.budgets[arm], projects.get(arm))
         if len(results) < len(args.arms):  # the arms done so far, kept should a later one fail or be stopped
             write_json(args.out, {**head, "arms": results, "complete": False})
     summary = summarize(results)
@@ -762,5 +775,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return out
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """`main` as a command: bad input (a project, an @PROJECT arm, a file) is one line on stderr and exit status 2,
+    as genlab's own commands do."""
+    try:
+        main(argv)
+    except GenlabError as exc:
+        print(f"diffusers_vs_genlab: error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -33,10 +33,10 @@ def test_the_bench_runs_a_tuned_genlab_beside_the_default_and_a_peer(repro: tupl
     (tuned / "metrics/train_vae.json").write_text(json.dumps(vae_metrics))
 
     out = tmp_path / "bench.json"
-    arms = ["genlab-latent", f"genlab-latent@{tuned}", "peer:new-user"]
+    arms = ["genlab-latent", f"genlab-latent@{tuned}", "peer:v-lr-2e-3-cos-noclip"]
     sh([sys.executable, "bench/diffusers_vs_genlab.py", "--project", str(root), "--seconds", "2", "--every", "2",
         "--steps", "2", "--n-per-class", "3", "--sample-seeds", "1", "--device", "cpu", "--arms", ",".join(arms),
-        "--budget", "peer:new-user=2@1", "--out", str(out)], REPO, env)
+        "--budget", "peer:v-lr-2e-3-cos-noclip=2@1", "--out", str(out)], REPO, env)
     res = json.loads(out.read_text())
 
     assert res["complete"] and list(res["arms"]) == arms
@@ -46,6 +46,12 @@ def test_the_bench_runs_a_tuned_genlab_beside_the_default_and_a_peer(repro: tupl
     assert default["extra_seconds"] == json.loads((root / "metrics/train_vae.json").read_text())["train_seconds"]
     assert mine["extra_seconds"] == 1.5
     assert peer["at"] == [1.0] and all(r["seconds"] >= 1.0 for r in peer["curves"]["ema 0.99"])
+    # the recipe's lr annealed over its 2-s budget: every step after the first runs below the recipe's 2e-3 (a
+    # constant lr would end at 2e-3); two marks at different images mean two steps or more (a slow first step under
+    # load can spend the whole budget)
+    assert peer["settings"]["lr_schedule"] == "cosine"
+    if len({r["images_seen"] for r in peer["curves"]["ema 0.99"]}) > 1:
+        assert 0.0 <= peer["settings"]["final_lr"] < 2e-3
     for arm in (default, mine, peer):
         for curve in arm["curves"].values():
             assert curve and curve[-1]["seconds"] >= 2.0  # the end of the budget always marks

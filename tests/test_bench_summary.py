@@ -19,6 +19,7 @@ import diffusers_vs_genlab as bench  # noqa: E402
 
 from genlab.config import load_params  # noqa: E402
 from genlab.data import splits  # noqa: E402
+from genlab.errors import GenlabError  # noqa: E402
 from genlab.paths import Paths  # noqa: E402
 from tests.conftest import tiny_params  # noqa: E402
 
@@ -48,17 +49,17 @@ def test_marks_fall_on_the_total_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     # a fake clock: every step takes 10 s; marks every 50 s of total time, the budget 100 s of the arm's own
     now = itertools.count(0, 10)  # perf_counter is read before and after each step: 10 s a step
     monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(now)))
-    fake = SimpleNamespace(params=SimpleNamespace(seed=0), train=range(100), threads=64, seconds=100.0, every=50.0,
-                           at=())
+    fake = SimpleNamespace(params=SimpleNamespace(seed=0), train=range(100), threads=64)
+    budget = bench.ArmBudget(100.0, 50.0)
 
     def own_marks(offset: float) -> list[float]:
-        _, marks = bench.train_for("arm", lambda idx, g: 0.0, dict, fake, 10, offset=offset)
+        _, marks = bench.train_for("arm", lambda idx, g: 0.0, dict, fake, budget, 10, offset=offset)
         return [m.seconds for m in marks]
 
     assert own_marks(0.0) == [50.0, 100.0]
     assert own_marks(35.0) == [20.0, 70.0, 100.0]  # totals 55 and 105 (the first at or after 50 and 100), then the end
     assert own_marks(160.0) == [40.0, 90.0, 100.0]  # the VAE alone took it past 150: the first mark is at 200
-    fake.at = (30.0, 60.0, 130.0)  # explicit total times instead of every 50 s
+    budget = bench.ArmBudget(100.0, 50.0, (30.0, 60.0, 130.0))  # explicit total times instead of every 50 s
     assert own_marks(0.0) == [30.0, 60.0, 100.0]  # 130 is past the budget: the end marks
     assert own_marks(35.0) == [30.0, 100.0]  # totals 65 (the first at or after 60; 30 passed during the VAE), 135
 
@@ -127,7 +128,14 @@ def test_an_arm_from_another_project_must_hold_the_same_data(tmp_path: Path) -> 
     assert bench.params_overrides(params, fake.params) == {"ldm.lr": 2e-3}
     assert bench.arm_project(fake, "genlab-latent") == (home, fake.params)
     other = project("other", "b" * 64, 1e-3)
-    with pytest.raises(SystemExit, match=r"other/data/prepared holds other data \(content_hash bbbbbbbbbbbb\)"):
+    with pytest.raises(GenlabError, match=r"other/data/prepared holds other data \(content_hash bbbbbbbbbbbb\)"):
         bench.arm_project(fake, f"genlab-latent@{other}")
-    with pytest.raises(SystemExit, match=r"genlab-latent@.*missing.*params\.yaml"):
+    with pytest.raises(GenlabError, match=r"genlab-latent@.*missing.*params\.yaml"):
         bench.arm_project(fake, f"genlab-latent@{tmp_path / 'missing'}")
+
+
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "nowhere"
+    assert bench.cli(["--project", str(missing), "--arms", "genlab-latent"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(missing / "params.yaml") in err, err
