@@ -156,12 +156,12 @@ RECIPES = {
     "v-linear": replace(NEW_USER, prediction="v_prediction", schedule="linear"),  # genlab pixel's schedule
     "v-film": replace(NEW_USER, prediction="v_prediction", film=True),
     "v-batch-64": replace(NEW_USER, prediction="v_prediction", batch_size=64),  # v with the best eps peer's batch
-    # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
-    # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
     # v annealed over the budget, as genlab's ldm.lr_schedule cosine anneals over its train_images (the lr a short
     # run can afford is higher when it decays: 2e-3 as well)
     "v-cos": replace(NEW_USER, prediction="v_prediction", lr_schedule="cosine"),
     "v-lr-2e-3-cos": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine"),
+    # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
+    # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
     "v-genlab": Recipe(prediction="v_prediction", schedule="linear", batch_size=64, lr=5e-4, weight_decay=0.0,
                        film=True, clip_sample=False, emas=(0.995, 0.998, 0.999)),
 }
@@ -189,7 +189,7 @@ class ArmBudget:
 
 @dataclass(frozen=True)
 class Bench:
-    """What every arm shares: the project, its params and data, the budget, the sampling request and the scoring
+    """What every arm shares: the project, its params and data, the sampling request and the scoring
     reference (the train split's features and radii, the test split's nearest-neighbour distances, the floor); each
     arm brings its own `ArmBudget`."""
 
