@@ -541,11 +541,13 @@ def score_mark(bench: Bench, sample: Sample, grid: Path) -> dict[str, Any]:
     return summarize_sets(score_sets(bench, sample, grid))
 
 
-def grid_path(bench: Bench, arm: str, variant: str, seconds: float) -> Path:
-    """Where an arm's grid for a variant and mark goes: e.g. <grids>/peer_v_ema_0.99_300s.png (an @PROJECT arm's
-    path in the name, every run of characters other than letters, digits, "." and "-" one "_")."""
-    name = re.sub(r"[^\w.-]+", "_", f"{arm}_{variant}_{seconds:.0f}s")
-    return bench.grids / f"{name}.png"
+def grid_paths(bench: Bench, arm: str, variant: str, marks: list[Mark]) -> list[Path]:
+    """Where an arm's grid for a variant goes at each of `marks`: e.g. <grids>/peer_v_ema_0.99_300s.png (an
+    @PROJECT arm's path in the name, every run of characters other than letters, digits, "." and "-" one "_"). Marks
+    in the same whole second also carry their images seen (..._171s_41344img.png), so no grid overwrites another."""
+    seconds = [f"{m.seconds:.0f}s" for m in marks]
+    tags = [t if seconds.count(t) == 1 else f"{t}_{m.images_seen}img" for t, m in zip(seconds, marks, strict=True)]
+    return [bench.grids / (re.sub(r"[^\w.-]+", "_", f"{arm}_{variant}_{t}") + ".png") for t in tags]
 
 
 def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Params] | None = None) -> dict[str, Any]:
@@ -557,14 +559,14 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Par
         assert project is not None, f"{arm}: a genlab arm trains with a project's params"
         trained = genlab_arm(bench, arm, budget, *project)
     curves: dict[str, list[dict[str, Any]]] = {}
-    for mark in trained.marks:
+    for i, mark in enumerate(trained.marks):
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
         for variant, weights in mark.weights.items():
             t0 = time.perf_counter()
             # equal weights sample equal images: diffusers' EMAModel caps every decay at (1 + n) / (10 + n) after
             # n steps, so decays 0.99, 0.995 and 0.999 hold the same weights for the first ~1,000 steps
             same = next((r for w, r in scored if same_weights(w, weights)), None)
-            grid = grid_path(bench, arm, variant, mark.seconds)
+            grid = grid_paths(bench, arm, variant, trained.marks)[i]
             row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights), grid)
             scored.append((weights, row))
             row.update(seconds=mark.seconds, total_seconds=mark.seconds + trained.extra_seconds,

@@ -139,3 +139,12 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path: Path, capsys: pytest.
     assert bench.cli(["--project", str(missing), "--arms", "genlab-latent"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(missing / "params.yaml") in err, err
+
+
+def test_marks_in_one_second_get_grids_of_their_own(tmp_path: Path) -> None:
+    fake = SimpleNamespace(grids=tmp_path)
+    marks = [bench.Mark(170.6, 41216, {}), bench.Mark(171.1, 41344, {}), bench.Mark(300.2, 72000, {})]
+    paths = bench.grid_paths(fake, "genlab-latent@/tmp/p12v40", "ema", marks)
+    assert [p.name for p in paths] == ["genlab-latent_tmp_p12v40_ema_171s_41216img.png",
+                                       "genlab-latent_tmp_p12v40_ema_171s_41344img.png",
+                                       "genlab-latent_tmp_p12v40_ema_300s.png"]
