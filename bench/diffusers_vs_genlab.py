@@ -115,7 +115,7 @@ GRID_CLASSES, GRID_PER_CLASS = 12, 8  # a mark's sample grid: a row per class, u
 PIXEL_JUDGE_DIMS = 4096  # the pixel judge's largest image (C*S*S values; a 64x64 grey image): its covariance is D x D
 log = logging.getLogger("bench")
 
-StepFn = Callable[[torch.Tensor, torch.Generator], float]  # (batch indices, step generator) -> loss
+StepFn = Callable[[torch.Tensor, torch.Generator, float], float]  # (batch indices, step generator, progress) -> loss
 Sample = Callable[[torch.Tensor, list[int]], torch.Tensor]  # (labels, seeds) -> images in [-1, 1]
 Snapshot = Callable[[], dict[str, Any]]  # -> {variant: a copy of the weights that variant samples with}
 Load = Callable[[str, Any], Sample]  # (variant, weights) -> how that copy samples
@@ -250,7 +250,8 @@ class Trained:
 
 def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, budget: ArmBudget, batch_size: int,
               off_clock: Callable[[], None] | None = None, offset: float = 0.0) -> tuple[Budget, list[Mark]]:
-    """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) until `budget.seconds`
+    """Run `step` on genlab's batches (batch_indices / generator of (seed, "bench", step)) and its progress (the
+    fraction of `budget.seconds` spent before it: what a time-annealed lr reads) until `budget.seconds`
     of wall-clock have passed, checked after each optimizer step; `snapshot` at each mark (`budget.mark_after`) on the
     total clock (`offset`, the training spent before this arm's budget, plus this arm's) and at the end,
     so every arm has a mark at the same total times; `off_clock` after every step (the bench's own extra work),
@@ -268,7 +269,8 @@ def train_for(arm: str, step: StepFn, snapshot: Snapshot, bench: Bench, budget: 
     with heap_for_steps():  # every arm's steps as `training.train` runs genlab's (genlab.memory)
         while clock < budget.seconds:
             k, t0 = len(losses), time.perf_counter()
-            losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k)))
+            losses.append(step(batch_indices(seed, k, n, batch_size), generator(seed, "bench", "step", k),
+                               clock / budget.seconds))
             times.append(time.perf_counter() - t0)
             clock += times[-1]
             if off_clock is not None:
@@ -347,8 +349,8 @@ def genlab_arm(bench: Bench, arm: str, budget: ArmBudget, paths: Paths, params: 
     run = build_step(f"train_{section}", cfg, ctx, shape, bench.num_classes, source, names, x0_batch, train.labels)
     batch = min(cfg.batch_size, len(train))
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> float:
-        loss = run.step(idx, g)["loss"]
+    def step(idx: torch.Tensor, g: torch.Generator, progress: float) -> float:
+        loss = run.step(idx, g)["loss"]  # its lr schedule runs over train_images (the stage's), not the clock
         run.trainable.step += 1  # what `training.train` does after each step
         return float(loss)
 
@@ -437,13 +439,10 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe, budget: ArmBudget) -> Trai
     first, *others = emas.values()
     null = bench.num_classes
     batch = min(recipe.batch_size, len(train))
-    spent = 0.0  # this arm's training seconds so far: a cosine recipe's lr anneals over the time budget
 
-    def step(idx: torch.Tensor, g: torch.Generator) -> float:
-        nonlocal spent
-        t0 = time.perf_counter()
-        for group in opt.param_groups:  # progress in thousandths of the budget
-            group["lr"] = learning_rate(recipe.lr, recipe.lr_schedule, int(1000 * spent / budget.seconds), 1000)
+    def step(idx: torch.Tensor, g: torch.Generator, progress: float) -> float:
+        for group in opt.param_groups:  # a cosine recipe anneals over the time budget, in thousandths of it
+            group["lr"] = learning_rate(recipe.lr, recipe.lr_schedule, int(1000 * progress), 1000)
         model.train()
         x0 = train.images[idx].to(device)
         y = drop_labels(train.labels[idx], pixel.p_uncond, null, g).to(device)
@@ -458,9 +457,7 @@ def peer_arm(bench: Bench, name: str, recipe: Recipe, budget: ArmBudget) -> Trai
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
         opt.step()
         first.step(model.parameters())  # one EMA on the clock, as a run of this recipe keeps one
-        out = loss.item()
-        spent += time.perf_counter() - t0
-        return out
+        return loss.item()
 
     def other_emas() -> None:  # the sweep's other decays: the bench's extra work, off the clock
         for ema in others:
@@ -559,6 +556,7 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Par
         assert project is not None, f"{arm}: a genlab arm trains with a project's params"
         trained = genlab_arm(bench, arm, budget, *project)
     curves: dict[str, list[dict[str, Any]]] = {}
+    grids = {v: grid_paths(bench, arm, v, trained.marks) for v in trained.marks[0].weights}  # every mark's variants
     for i, mark in enumerate(trained.marks):
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
         for variant, weights in mark.weights.items():
@@ -566,8 +564,8 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Par
             # equal weights sample equal images: diffusers' EMAModel caps every decay at (1 + n) / (10 + n) after
             # n steps, so decays 0.99, 0.995 and 0.999 hold the same weights for the first ~1,000 steps
             same = next((r for w, r in scored if same_weights(w, weights)), None)
-            grid = grid_paths(bench, arm, variant, trained.marks)[i]
-            row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights), grid)
+            row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights),
+                                                                 grids[variant][i])
             scored.append((weights, row))
             row.update(seconds=mark.seconds, total_seconds=mark.seconds + trained.extra_seconds,
                        images_seen=mark.images_seen, score_seconds=time.perf_counter() - t0,

@@ -52,12 +52,19 @@ def test_marks_fall_on_the_total_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = SimpleNamespace(params=SimpleNamespace(seed=0), train=range(100), threads=64)
     budget = bench.ArmBudget(100.0, 50.0)
 
+    progress: list[float] = []  # what each step was told of its budget spent (a time-annealed lr reads it)
+
     def own_marks(offset: float) -> list[float]:
-        _, marks = bench.train_for("arm", lambda idx, g: 0.0, dict, fake, budget, 10, offset=offset)
+        progress.clear()
+        _, marks = bench.train_for("arm", lambda idx, g, p: progress.append(p) or 0.0, dict, fake, budget, 10,
+                                   offset=offset)
         return [m.seconds for m in marks]
 
     assert own_marks(0.0) == [50.0, 100.0]
+    # progress is the arm's own clock over its budget: the VAE's seconds before it (offset) do not anneal its lr
+    assert progress == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     assert own_marks(35.0) == [20.0, 70.0, 100.0]  # totals 55 and 105 (the first at or after 50 and 100), then the end
+    assert progress[0] == 0.0 and progress[-1] == pytest.approx(0.9)
     assert own_marks(160.0) == [40.0, 90.0, 100.0]  # the VAE alone took it past 150: the first mark is at 200
     budget = bench.ArmBudget(100.0, 50.0, (30.0, 60.0, 130.0))  # explicit total times instead of every 50 s
     assert own_marks(0.0) == [30.0, 60.0, 100.0]  # 130 is past the budget: the end marks
