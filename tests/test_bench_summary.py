@@ -155,3 +155,15 @@ def test_marks_in_one_second_get_grids_of_their_own(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["genlab-latent_tmp_p12v40_ema_171s_41216img.png",
                                        "genlab-latent_tmp_p12v40_ema_171s_41344img.png",
                                        "genlab-latent_tmp_p12v40_ema_300s.png"]
+
+
+@pytest.mark.parametrize("name", sorted(bench.RECIPES))
+def test_every_recipe_builds_a_unet_that_denoises_the_image_shape(name: str) -> None:
+    recipe = bench.RECIPES[name]
+    fake = SimpleNamespace(train=SimpleNamespace(images=bench.torch.zeros(2, 1, 16, 16)), num_classes=10)
+    unet = bench.diffusers_unet(fake, recipe)
+    assert unet.config.block_out_channels == tuple(recipe.channels)
+    assert unet.config.layers_per_block == recipe.layers
+    x = bench.torch.randn(2, 1, 16, 16)
+    out = unet(x, bench.torch.tensor([10, 500]), class_labels=bench.torch.tensor([3, 10])).sample  # 10: the null label
+    assert out.shape == x.shape
