@@ -164,6 +164,8 @@ RECIPES = {
     # images, a wider or deeper one learns more from each
     "v-lr-2e-3-cos-narrow": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
                                     channels=(16, 32, 32)),
+    "v-lr-2e-3-cos-narrower": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
+                                      channels=(8, 16, 16)),
     "v-lr-2e-3-cos-wide": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
                                   channels=(64, 128, 128)),
     "v-lr-2e-3-cos-deep": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine", layers=2),
@@ -396,7 +398,7 @@ def vae_seconds(path: Path) -> float:
 def diffusers_unet(bench: Bench, recipe: Recipe) -> UNet2DModel:
     """diffusers' train_unconditional U-Net shape cut to the image: DownBlock2D levels, attention at the lowest
     resolution (and UNetMidBlock2D's), class embeddings with one extra row for the null label; GroupNorm's 32 groups
-    (diffusers' default) or fewer where a level is narrower (16 channels: 16 groups)."""
+    (diffusers' default) or fewer where a level is narrower (8 channels: 8 groups)."""
     c, size = bench.train.images.shape[1], bench.train.images.shape[-1]
     n = len(recipe.channels)
     return UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=recipe.layers,
