@@ -166,6 +166,10 @@ RECIPES = {
                                     channels=(16, 32, 32)),
     "v-lr-2e-3-cos-narrower": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
                                       channels=(8, 16, 16)),
+    "v-lr-2e-3-cos-narrowest": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
+                                       channels=(4, 8, 8)),
+    "v-lr-4e-3-cos-narrower": replace(NEW_USER, prediction="v_prediction", lr=4e-3, lr_schedule="cosine",
+                                      channels=(8, 16, 16)),  # a smaller U-Net may take a larger lr
     "v-lr-2e-3-cos-wide": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
                                   channels=(64, 128, 128)),
     "v-lr-2e-3-cos-deep": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine", layers=2),
@@ -398,7 +402,7 @@ def vae_seconds(path: Path) -> float:
 def diffusers_unet(bench: Bench, recipe: Recipe) -> UNet2DModel:
     """diffusers' train_unconditional U-Net shape cut to the image: DownBlock2D levels, attention at the lowest
     resolution (and UNetMidBlock2D's), class embeddings with one extra row for the null label; GroupNorm's 32 groups
-    (diffusers' default) or fewer where a level is narrower (8 channels: 8 groups)."""
+    (diffusers' default) or fewer where a level is narrower (4 channels: 4 groups)."""
     c, size = bench.train.images.shape[1], bench.train.images.shape[-1]
     n = len(recipe.channels)
     return UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=recipe.layers,
