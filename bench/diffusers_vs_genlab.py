@@ -141,6 +141,7 @@ class Recipe:
 
 
 NEW_USER = Recipe()
+V_LR_2E3_COS = replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine")  # the lr sweep's best
 RECIPES = {
     "example": Recipe(channels=(64, 128, 128), layers=2, lr=1e-4, betas=(0.95, 0.999), weight_decay=1e-6,
                       schedule="linear", batch_size=64, emas=(0.9999,), ema_warmup=True),
@@ -159,20 +160,15 @@ RECIPES = {
     # v annealed over the budget, as genlab's ldm.lr_schedule cosine anneals over its train_images (the lr a short
     # run can afford is higher when it decays: 2e-3 as well)
     "v-cos": replace(NEW_USER, prediction="v_prediction", lr_schedule="cosine"),
-    "v-lr-2e-3-cos": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine"),
+    "v-lr-2e-3-cos": V_LR_2E3_COS,
     # width and depth around the best of the lr sweep (v, lr 2e-3 annealed): at 300 s a narrower U-Net sees more
     # images, a wider or deeper one learns more from each
-    "v-lr-2e-3-cos-narrow": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
-                                    channels=(16, 32, 32)),
-    "v-lr-2e-3-cos-narrower": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
-                                      channels=(8, 16, 16)),
-    "v-lr-2e-3-cos-narrowest": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
-                                       channels=(4, 8, 8)),
-    "v-lr-4e-3-cos-narrower": replace(NEW_USER, prediction="v_prediction", lr=4e-3, lr_schedule="cosine",
-                                      channels=(8, 16, 16)),  # a smaller U-Net may take a larger lr
-    "v-lr-2e-3-cos-wide": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine",
-                                  channels=(64, 128, 128)),
-    "v-lr-2e-3-cos-deep": replace(NEW_USER, prediction="v_prediction", lr=2e-3, lr_schedule="cosine", layers=2),
+    "v-lr-2e-3-cos-narrow": replace(V_LR_2E3_COS, channels=(16, 32, 32)),
+    "v-lr-2e-3-cos-narrower": replace(V_LR_2E3_COS, channels=(8, 16, 16)),
+    "v-lr-2e-3-cos-narrowest": replace(V_LR_2E3_COS, channels=(4, 8, 8)),
+    "v-lr-4e-3-cos-narrower": replace(V_LR_2E3_COS, channels=(8, 16, 16), lr=4e-3),  # a small U-Net, a larger lr
+    "v-lr-2e-3-cos-wide": replace(V_LR_2E3_COS, channels=(64, 128, 128)),
+    "v-lr-2e-3-cos-deep": replace(V_LR_2E3_COS, layers=2),
     # genlab's pixel settings on diffusers' U-Net: v, linear schedule, batch 64, lr 5e-4 without weight decay,
     # FiLM, no clipping (genlab's DDIM does not clip), EMA decays about its 20,000-image half-life (0.998 at 64)
     "v-genlab": Recipe(prediction="v_prediction", schedule="linear", batch_size=64, lr=5e-4, weight_decay=0.0,
