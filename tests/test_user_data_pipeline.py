@@ -3,8 +3,9 @@ table and report are written, champions are registered and the served LDM regene
 images. Then the data version travels: `dvc push` to a local remote, `git clone` + `dvc pull` elsewhere, and
 `dvc repro` there prepares the same content hash. A new data version re-runs `prepare` and what follows it.
 
-By default: MNIST IDX files (labelled) and a flat image folder (unlabelled: unconditional models, a
-self-supervised evaluator). `-m slow`: also CIFAR-10's binary batches, an npz and a labelled image folder.
+By default: MNIST IDX files, prepared and read by a training stage, and their version's round trip. `-m slow`:
+every stage on MNIST IDX files, CIFAR-10's binary batches, an npz, a labelled image folder and a flat one
+(unlabelled: unconditional models, a self-supervised evaluator); about 5 minutes each on 2 cores.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ def prepared_hash(root: Path) -> str:
     return yaml.safe_load((root / "dvc.lock").read_text())["stages"]["prepare"]["outs"][0]["md5"]
 
 
-def test_mnist_idx_end_to_end_and_dvc_remote_round_trip(tmp_path: Path) -> None:
+def test_mnist_idx_data_version_and_dvc_remote_round_trip(tmp_path: Path) -> None:
+    """The data version's life in DVC; every stage on MNIST files: `test_other_formats_end_to_end` (slow)."""
     root, env = project_with(tmp_path / "a", {"source": "mnist", "path": "data/raw/mnist"},
                              lambda d: synthetic.write_mnist(d, 130, 30, seed=0))
-    check_run(root, env, labelled=True)
+    out = sh(["dvc", "repro", "train_vae"], root, env).stdout  # prepare, then a stage that reads its output
+    assert "Running stage 'prepare'" in out and "Running stage 'train_vae'" in out
     prepared = json.loads((root / "data/prepared/manifest.json").read_text())
     assert prepared["source"] == "mnist" and prepared["image_shape"] == [1, 16, 16]
 
@@ -118,9 +121,11 @@ def test_mnist_idx_end_to_end_and_dvc_remote_round_trip(tmp_path: Path) -> None:
     status = sh(["dvc", "status"], root, env).stdout
     assert "prepare:" in status and "modified:           data/raw" in status
     assert "train_vae:" not in status  # its own deps are unchanged until prepare writes new data
+    sh(["dvc", "repro", "prepare"], root, env)
+    assert "train_vae:" in sh(["dvc", "status", "train_vae"], root, env).stdout  # now they are not
 
 
-@pytest.mark.slow  # ~5 min on 2 cores: the default suite keeps its ~20-25 minutes (the labelled MNIST run stays)
+@pytest.mark.slow  # ~5 min on 2 cores each: the default suite's one whole run is the shared `repro` fixture's
 def test_unlabelled_folder_end_to_end(tmp_path: Path) -> None:
     root, env = project_with(tmp_path, {"source": "image_folder", "path": "data/raw/flat"},
                              lambda d: synthetic.write_image_folder(d, 100, 24, seed=1, flat=True))
@@ -140,9 +145,10 @@ def test_unlabelled_folder_end_to_end(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["cifar10", "npz", "image_folder"])
+@pytest.mark.parametrize("fmt", ["mnist", "cifar10", "npz", "image_folder"])
 def test_other_formats_end_to_end(fmt: str, tmp_path: Path) -> None:
     data, write = {
+        "mnist": ({"source": "mnist", "path": "data/raw/mnist"}, lambda d: synthetic.write_mnist(d, 130, 30, seed=0)),
         "cifar10": ({"source": "cifar10", "path": "data/raw/cifar10"},
                     lambda d: synthetic.write_cifar10(d, 130, 30, seed=2, batches=2)),
         "npz": ({"source": "npz", "path": "data/raw/arrays/data.npz"},
