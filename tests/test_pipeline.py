@@ -17,14 +17,16 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from genlab.data import splits
+from genlab.data.prompts import all_train_prompts, heldout_prompts
 from genlab.data.store import images_of
 from genlab.device import describe
 from genlab.metrics.fid import class_accuracy, extract_features, make_extractor
 from genlab.metrics.reference import load_reference, reference_key
-from genlab.sampling import load_vae
+from genlab.sampling import PROMPT_TABLE, load_vae
 from genlab.stages import train_vae
 from tests.conftest import sh
 
@@ -136,6 +138,12 @@ def test_champion_ldm_loads_and_reproduces_samples(repro: tuple[Path, dict[str, 
     prompts = ["a scanned 3", "an image of the numeral seven", "nine, written by hand"]
     by_prompt = model.predict(inp.assign(prompt=prompts))
     assert by_prompt.shape == out.shape and not np.allclose(by_prompt, out, atol=1e-3)
+    # those are the model's held-out phrasings: answered from the prompt table logged with it, no transformer loaded
+    assert not model.unwrap_python_model().sampler.text.loaded
+    with safe_open(str(root / "models" / "ldm" / PROMPT_TABLE), framework="pt") as f:
+        table = json.loads(f.metadata()["prompts"])
+    assert table == [p for c in range(10) for p in all_train_prompts(c)] + [
+        p for c in range(10) for p in heldout_prompts(c)]
 
 
 def test_second_repro_does_nothing(repro: tuple[Path, dict[str, str], str]) -> None:

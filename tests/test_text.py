@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch.nn import functional as F
 
 from genlab.data.prompts import (
@@ -24,6 +25,7 @@ from genlab.data.prompts import (
     train_prompt,
     train_prompts,
 )
+from genlab.errors import GenlabError
 from genlab.models.text import CONTEXT_DIM, TextEncoder, is_null, model_dir, pooled, trim
 from genlab.models.unet import UNet
 from genlab.sampling import guided_text
@@ -135,6 +137,31 @@ def test_semantics_of_pooled_embeddings(enc: TextEncoder) -> None:
 
 def test_is_null() -> None:
     assert is_null(["", "  ", "seven"]).tolist() == [True, True, False]
+
+
+def test_prompt_table_round_trip_without_the_transformer(enc: TextEncoder, tmp_path: Path) -> None:
+    prompts = ["the digit seven", "a handwritten 3", "", "the digit seven", " ".join(["seven"] * 40)]
+    enc.save(tmp_path / "table.safetensors", prompts)
+    table = TextEncoder(table=tmp_path / "table.safetensors")
+    tokens, mask = table.encode(prompts)
+    want_tokens, want_mask = enc.encode(prompts)
+    assert torch.equal(tokens, want_tokens) and torch.equal(mask, want_mask)  # the same bits, duplicates and all
+    assert [table.token_count(p) for p in prompts[:4]] == [enc.token_count(p) for p in prompts[:4]]
+    assert not table.loaded  # every answer came from the table
+    assert table.token_count(prompts[4]) == enc.token_count(prompts[4]) > 16  # truncated: the tokenizer counts
+    assert table.loaded
+    new_tokens, _ = table.encode(["number two"])  # a prompt not in the table: encoded
+    assert torch.allclose(new_tokens, enc.encode(["number two"])[0], atol=1e-5)
+
+
+def test_prompt_table_refuses_a_file_that_is_not_one(enc: TextEncoder, tmp_path: Path) -> None:
+    bad = tmp_path / "model.safetensors"  # another safetensors file
+    save_file({"w": torch.zeros(2)}, str(bad))
+    with pytest.raises(GenlabError, match=r"model\.safetensors: not a prompt table"):
+        TextEncoder(table=bad)
+    enc.save(tmp_path / "t.safetensors", ["seven"])
+    with pytest.raises(GenlabError, match=r"t\.safetensors: a table of \(1, 16, 384\) tokens .* max_length 16"):
+        TextEncoder(max_length=8, table=tmp_path / "t.safetensors")
 
 
 # ------------------------------------------------------------------------------------------ prompts

@@ -33,6 +33,7 @@ from genlab.models.vae import VAE
 from genlab.randomness import derive_seed, generator
 
 DIFFUSION = ("ldm", "pixel")
+PROMPT_TABLE = "prompts.safetensors"  # a text model's training and held-out phrasings, encoded (models/text.py)
 
 
 def image_seeds(base_seed: int, family: str, n: int) -> list[int]:
@@ -93,7 +94,8 @@ class DiffusionSampler:
         if "text" in self.conditioning:
             from genlab.models.text import TextEncoder
 
-            self.text = TextEncoder(device=str(device))
+            table = model_dir / PROMPT_TABLE  # absent in snapshots written before it was: prompts are encoded
+            self.text = TextEncoder(device=str(device), table=table if table.is_file() else None)
 
     def prompts_for(self, labels: torch.Tensor, seeds: list[int]) -> list[str]:
         """Unseen phrasings by default: image i gets held-out template seeds[i] mod P of its label, so its

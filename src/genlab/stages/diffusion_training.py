@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,7 @@ from genlab.models.unet import UNet
 from genlab.models.vae import VAE, reparameterize
 from genlab.paths import staged_dir
 from genlab.randomness import generator, seeded
-from genlab.sampling import seeded_normal
+from genlab.sampling import PROMPT_TABLE, seeded_normal
 from genlab.stages.common import (
     Context,
     Data,
@@ -72,14 +73,21 @@ class Conditioner:
                  names: list[str] | None = None) -> None:
         self.cfg, self.k, self.device = cfg, num_classes, device
         self.conditioning = conditioning(cfg, num_classes)
+        self.text = None
         if "text" in self.conditioning:
             from genlab.models.text import TextEncoder, trim
 
             # every training phrasing of every label, encoded once: (K * P, L, 384)
             self.table = [sources.train_prompts(source, c, names or []) for c in range(num_classes)]
-            flat = [p for ps in self.table for p in ps]
-            tokens, mask = trim(*TextEncoder().encode(flat))
+            self.heldout = [p for c in range(num_classes) for p in sources.heldout_prompts(source, c, names or [])]
+            self.text = TextEncoder()
+            tokens, mask = trim(*self.text.encode([p for ps in self.table for p in ps]))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
+
+    def save_prompts(self, path: Path) -> None:
+        """The training and held-out phrasings' encodings, for the samplers of this model (a text model only)."""
+        if self.text is not None:
+            self.text.save(path, [p for ps in self.table for p in ps] + self.heldout)
 
     def model(self, unet: torch.nn.Module, y: torch.Tensor, g: torch.Generator | None, p_drop: float,  # noqa: ANN201
               rows: slice = slice(None)):
@@ -234,6 +242,7 @@ def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data
         out_dir = ctx.paths.model(name)
         with staged_dir(out_dir) as out:
             history = save_training(out, stage, cfg, trainable, ema, snapshot_cfg, fp)
+            cond.save_prompts(out / PROMPT_TABLE)
         finish_training(ctx, stage, mlrun, out_dir, history, metrics, trainable)
     return metrics
 

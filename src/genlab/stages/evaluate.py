@@ -34,7 +34,7 @@ from genlab.metrics.reference import (
 )
 from genlab.paths import read_json
 from genlab.report import comparison_table, write_comparison
-from genlab.sampling import FAMILIES
+from genlab.sampling import FAMILIES, PROMPT_TABLE
 from genlab.stages.common import Context, Data, load_data, stage_run, training_summary, write_metrics
 from genlab.stages.reference_stats import extractor_for, reference_path
 from genlab.stages.sample import diffusion_settings, read_samples
@@ -107,8 +107,9 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
     for name in needed:
         dst = tmp / family / name
         dst.mkdir(parents=True)
-        for f in ("model.safetensors", "config.json"):
-            shutil.copy2(ctx.paths.model(name) / f, dst / f)
+        for f in ("model.safetensors", "config.json", PROMPT_TABLE):
+            if f != PROMPT_TABLE or (ctx.paths.model(name) / f).is_file():  # the table: text models only
+                shutil.copy2(ctx.paths.model(name) / f, dst / f)
         out[name] = dst
     return out
 
