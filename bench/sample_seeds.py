@@ -44,7 +44,7 @@ def family_sets(bench: Bench, family: str, sets: int) -> list[dict[str, Any]]:
     seed_sets = [image_seeds(params.sample.seed, family if k == 0 else f"{family}-{k}", len(bench.labels))
                  for k in range(sets)]
     rows = score_sets(replace(bench, seed_sets=seed_sets), lambda labels, seeds: generate(
-        sampler, labels, seeds, params.sample.batch_size, **diffusion_settings(cfg)))
+        sampler, labels, seeds, params.sample.batch_size, **diffusion_settings(cfg)), bench.grids / f"{family}.png")
     for k, m in enumerate(rows):
         log.info("%s set %d: FID/floor %.3f, accuracy %.4f, Z_U %.2f", family, k, m["fid_ratio"],
                  m["class_accuracy"], m["copy_z"])
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     fix_mmap_threshold()  # as a stage process (genlab.cli.main)
     n_per_class = load_params(args.project / "params.yaml").sample.n_per_class  # the sample stages' request
     bench = make_bench(argparse.Namespace(project=args.project, device="auto", n_per_class=n_per_class,
-                                          sample_seeds=1, seconds=1.0, every=1.0, steps=1, threads=args.threads))
+                                          sample_seeds=1, seconds=1.0, every=1.0, steps=1, threads=args.threads,
+                                          out=args.out))
     set_steps_threshold(bench.train.images.shape[-1])
     results = {f: {"per_set": (rows := family_sets(bench, f, args.sets)), **summary(rows)} for f in families}
     cols = ["sets", "fid_ratio", "fid_ratio_sd", "fid_ratio_min", "fid_ratio_max", "pixel_fid_ratio", "class_accuracy",

@@ -64,3 +64,21 @@ def test_the_bench_runs_a_tuned_genlab_beside_the_default_and_a_peer(repro: tupl
     assert "data_test.png" in grids and len(grids) >= 1 + 3
     assert all(re.fullmatch(r"[\w.-]+\.png", g) for g in grids)  # the @PROJECT path flattened into one name
     assert any(g.startswith("genlab-latent_") and "tuned" in g for g in grids)
+
+
+def test_sample_seeds_scores_the_sample_stage_as_evaluate_does(repro: tuple[Path, dict[str, str], str],
+                                                               tmp_path: Path) -> None:
+    """bench/sample_seeds.py: its first set is the sample stage's own images, so its FID is evaluate's."""
+    root, env, _ = repro
+    out = tmp_path / "seeds.json"
+    sh([sys.executable, "bench/sample_seeds.py", "--project", str(root), "--sets", "2", "--families", "ldm,pixel",
+        "--out", str(out)], REPO, env)
+    res = json.loads(out.read_text())
+    evaluated = json.loads((root / "metrics" / "evaluate.json").read_text())
+    for family in ("ldm", "pixel"):
+        first, second = res["families"][family]["per_set"]
+        assert first["fid"] == pytest.approx(evaluated[family]["fid"], rel=1e-4)
+        assert first["class_accuracy"] == pytest.approx(evaluated[family]["class_accuracy"])
+        assert second["fid"] != first["fid"]  # fresh noise
+        assert res["families"][family]["sets"] == 2
+    assert {p.name for p in (tmp_path / "seeds").glob("*.png")} == {"data_test.png", "ldm.png", "pixel.png"}
