@@ -107,9 +107,10 @@ def model_files(ctx: Context, family: str, tmp: Path) -> dict[str, Path]:
     for name in needed:
         dst = tmp / family / name
         dst.mkdir(parents=True)
-        for f in ("model.safetensors", "config.json", PROMPT_TABLE):
-            if f != PROMPT_TABLE or (ctx.paths.model(name) / f).is_file():  # the table: text models only
-                shutil.copy2(ctx.paths.model(name) / f, dst / f)
+        src = ctx.paths.model(name)
+        table = [PROMPT_TABLE] if (src / PROMPT_TABLE).is_file() else []  # text models only
+        for f in ("model.safetensors", "config.json", *table):
+            shutil.copy2(src / f, dst / f)
         out[name] = dst
     return out
 
