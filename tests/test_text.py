@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import socket
 import sysconfig
 import time
@@ -152,6 +153,11 @@ def test_prompt_table_round_trip_without_the_transformer(enc: TextEncoder, tmp_p
     assert table.loaded
     new_tokens, _ = table.encode(["number two"])  # a prompt not in the table: encoded
     assert torch.allclose(new_tokens, enc.encode(["number two"])[0], atol=1e-5)
+    # equal content, equal bytes in any process: the header's metadata in sorted order, not safetensors' hash-map
+    # order (which changes from process to process; the second-process byte-identity test runs it end to end)
+    raw = (tmp_path / "table.safetensors").read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert list(header["__metadata__"]) == ["max_length", "prompts"]
 
 
 def test_prompt_table_refuses_a_file_that_is_not_one(enc: TextEncoder, tmp_path: Path) -> None:

@@ -22,10 +22,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
+from genlab.checkpoint import read_safetensors, safetensors_bytes
 from genlab.errors import GenlabError
+from genlab.paths import atomic_write
 
 CONTEXT_DIM = 384  # hidden size of all-MiniLM-L6-v2
 
@@ -132,24 +132,22 @@ class TextEncoder:
         """The encodings of `prompts` (each once, in order) as a safetensors table for `TextEncoder(table=path)`."""
         prompts = list(dict.fromkeys(prompts))
         tokens, mask = self.encode(prompts)
-        save_file({"tokens": tokens.cpu().contiguous(), "mask": mask.cpu().contiguous()}, str(path),
-                  metadata={"prompts": json.dumps(prompts), "max_length": str(self.max_length)})
+        atomic_write(path, safetensors_bytes({"tokens": tokens.cpu().contiguous(), "mask": mask.cpu().contiguous()},
+                                             {"prompts": json.dumps(prompts), "max_length": str(self.max_length)}))
 
     def _read(self, path: Path) -> None:
+        tensors, meta = read_safetensors(path, "a prompt table", "train_ldm")
         try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                prompts, max_length = json.loads(meta["prompts"]), int(meta["max_length"])
-                tokens, mask = f.get_tensor("tokens"), f.get_tensor("mask")
-        except (OSError, KeyError, ValueError, TypeError) as e:  # missing, unreadable, not a prompt table
-            raise GenlabError(f"{path}: not a prompt table ({type(e).__name__}: {e}); expected the file that "
-                              "TextEncoder.save writes: 'tokens', 'mask', the prompts in its metadata") from None
+            prompts, max_length = json.loads(meta["prompts"]), int(meta["max_length"])
+            tokens, mask = tensors["tokens"], tensors["mask"]
+        except (KeyError, ValueError) as e:  # another safetensors file
+            raise GenlabError(f"{path}: not a prompt table (no {e}); expected the file that TextEncoder.save "
+                              "writes: 'tokens', 'mask', the prompts in its metadata") from None
         if max_length != self.max_length or tokens.shape != (len(prompts), max_length, self.dim):
             raise GenlabError(f"{path}: a table of {tuple(tokens.shape)} tokens for {len(prompts)} prompts at "
                               f"max_length {max_length}; expected ({len(prompts)}, {self.max_length}, {self.dim})")
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         self._cache.update({p: (tokens[i], mask[i]) for i, p in enumerate(prompts)})
-
 
 def is_null(prompts: list[str]) -> torch.Tensor:
     """(B,) bool: the prompts that are the null condition (empty or whitespace only)."""
