@@ -149,6 +149,7 @@ class TextEncoder:
         tokens, mask = tokens.to(self.device), mask.to(self.device)
         self._cache.update({p: (tokens[i], mask[i]) for i, p in enumerate(prompts)})
 
+
 def is_null(prompts: list[str]) -> torch.Tensor:
     """(B,) bool: the prompts that are the null condition (empty or whitespace only)."""
     return torch.tensor([not p.strip() for p in prompts], dtype=torch.bool)

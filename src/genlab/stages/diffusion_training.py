@@ -79,15 +79,18 @@ class Conditioner:
 
             # every training phrasing of every label, encoded once: (K * P, L, 384)
             self.table = [sources.train_prompts(source, c, names or []) for c in range(num_classes)]
-            self.heldout = [p for c in range(num_classes) for p in sources.heldout_prompts(source, c, names or [])]
+            flat = [p for ps in self.table for p in ps]
             self.text = TextEncoder()
-            tokens, mask = trim(*self.text.encode([p for ps in self.table for p in ps]))
+            tokens, mask = trim(*self.text.encode(flat))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
+            # what samplers of this model ask for: these and the held-out phrasings (`save_prompts`)
+            self.phrasings = flat + [p for c in range(num_classes) for p in sources.heldout_prompts(source, c,
+                                                                                                  names or [])]
 
     def save_prompts(self, path: Path) -> None:
         """The training and held-out phrasings' encodings, for the samplers of this model (a text model only)."""
         if self.text is not None:
-            self.text.save(path, [p for ps in self.table for p in ps] + self.heldout)
+            self.text.save(path, self.phrasings)
 
     def model(self, unet: torch.nn.Module, y: torch.Tensor, g: torch.Generator | None, p_drop: float,  # noqa: ANN201
               rows: slice = slice(None)):
