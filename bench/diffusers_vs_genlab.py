@@ -97,6 +97,7 @@ from genlab.images import save_class_grid
 from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshold
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, compute_reference, nearest_distances, score_against
+from genlab.models import layers
 from genlab.models.vae import reparameterize
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
@@ -402,7 +403,7 @@ def diffusers_unet(bench: Bench, recipe: Recipe) -> UNet2DModel:
     c, size = bench.train.images.shape[1], bench.train.images.shape[-1]
     n = len(recipe.channels)
     return UNet2DModel(sample_size=size, in_channels=c, out_channels=c, layers_per_block=recipe.layers,
-                       block_out_channels=recipe.channels, norm_num_groups=math.gcd(32, *recipe.channels),
+                       block_out_channels=recipe.channels, norm_num_groups=layers.norm_groups(*recipe.channels),
                        resnet_time_scale_shift="scale_shift" if recipe.film else "default",
                        down_block_types=("DownBlock2D",) * (n - 1) + ("AttnDownBlock2D",),
                        up_block_types=("AttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),

@@ -164,6 +164,8 @@ def test_every_recipe_builds_a_unet_that_denoises_the_image_shape(name: str) -> 
     unet = bench.diffusers_unet(fake, recipe)
     assert unet.config.block_out_channels == tuple(recipe.channels)
     assert unet.config.layers_per_block == recipe.layers
+    groups = {m.num_groups for m in unet.modules() if isinstance(m, bench.torch.nn.GroupNorm)}
+    assert groups == {32 if min(recipe.channels) >= 32 else min(recipe.channels)}  # widths are powers of two
     x = bench.torch.randn(2, 1, 16, 16)
     out = unet(x, bench.torch.tensor([10, 500]), class_labels=bench.torch.tensor([3, 10])).sample  # 10: the null label
     assert out.shape == x.shape

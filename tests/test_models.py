@@ -13,7 +13,7 @@ from genlab.config import ComputeConfig, EvaluatorConfig
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.evaluator import Evaluator, random_noise, random_shift, stem_stride_for
 from genlab.models.gan import ConditionalBatchNorm2d, Discriminator, Generator, d_hinge_loss, g_hinge_loss
-from genlab.models.layers import timestep_embedding
+from genlab.models.layers import norm, norm_groups, timestep_embedding
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE, kl_to_standard_normal, reparameterize, vae_loss
 from genlab.paths import Paths
@@ -138,6 +138,16 @@ def test_unet_same_seed_same_weights_and_output() -> None:
     torch.manual_seed(1)
     c = _unet()
     assert not all(torch.equal(sa[k], c.state_dict()[k]) for k in sa if sa[k].is_floating_point())
+
+
+@pytest.mark.parametrize(("channels", "groups"), [((64,), 32), ((256, 32), 32), ((48,), 16), ((24,), 8),
+                                                   ((8, 16, 16), 8), ((4, 8, 8), 4), ((3,), 1), ((96, 24), 8)])
+def test_norm_groups_is_32_or_the_largest_count_every_width_divides_into(channels: tuple[int, ...],
+                                                                       groups: int) -> None:
+    assert norm_groups(*channels) == groups
+    assert all(c % groups == 0 for c in channels)
+    gn = norm(channels[0])
+    assert (gn.num_groups, gn.num_channels) == (norm_groups(channels[0]), channels[0])
 
 
 def test_timestep_embedding() -> None:

@@ -9,8 +9,14 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def norm_groups(*channels: int) -> int:
+    """GroupNorm's group count for layers of these widths: 32 groups (Wu & He 2018's default) where every width
+    allows it, else the largest count that divides them all, so a narrow network still normalises."""
+    return math.gcd(32, *channels)
+
+
 def norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels)
+    return nn.GroupNorm(norm_groups(channels), channels)
 
 
 class Upsample2x(nn.Module):
