@@ -129,20 +129,24 @@ def test_describe_names_the_cpu_its_cores_and_its_vector_unit(monkeypatch: pytes
     caps.update(cpu_name="Intel(R) Xeon(R) Platinum 8488C", amx_bf16=True)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert describe(CPU) == "Intel(R) Xeon(R) Platinum 8488C (2 cores, AVX512, AMX-BF16)"
+    caps.update(cpu_name="AMD EPYC", amx_bf16=False, avx512_bf16=True)
+    assert describe(CPU) == "AMD EPYC (2 cores, AVX512, AVX512-BF16)"
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert describe(torch.device("cuda")) == "NVIDIA H200"
 
 
 def test_auto_precision_is_bf16_only_where_the_device_has_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`auto`: bf16 on a CPU with AMX-BF16 and on a CUDA GPU with native bf16, fp32 elsewhere (a CPU with only
-    AVX512-BF16 or none: autocast would emulate it, slower than fp32); the other settings pass through."""
+    """`auto`: bf16 on a CPU with AMX-BF16 or AVX512-BF16 and on a CUDA GPU with native bf16, fp32 elsewhere (a
+    CPU with neither: autocast would emulate it, slower than fp32); the other settings pass through."""
     auto = ComputeConfig(precision="auto", threads=3)
     caps = {"amx_bf16": True, "avx512_bf16": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolve_precision(CPU, auto) == ComputeConfig(precision="bf16", threads=3)
     with autocast(CPU, auto):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    caps["amx_bf16"] = False
+    caps["amx_bf16"] = False  # Zen 4 and later: AVX512-BF16 without AMX
+    assert resolve_precision(CPU, auto) == ComputeConfig(precision="bf16", threads=3)
+    caps["avx512_bf16"] = False
     assert resolve_precision(CPU, auto) == ComputeConfig(precision="fp32", threads=3)
     with autocast(CPU, auto):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

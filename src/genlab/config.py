@@ -18,7 +18,8 @@ from genlab.errors import ConfigError
 
 # compute.precision and every training section's own (src/genlab/compute.py): fp32 | tf32 (CUDA matmuls and
 # convolutions in TF32) | bf16 (forward and loss under bfloat16 autocast; weights and optimizer states stay
-# float32) | auto (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX; else fp32)
+# float32) | auto (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX or
+# AVX512-BF16; else fp32)
 Precision = Literal["fp32", "tf32", "bf16", "auto"]
 
 

@@ -28,9 +28,10 @@ def resolve(device: str) -> torch.device:
 def describe(device: torch.device) -> str:
     """The device in words, recorded with every stage run and bench result, since timings hold only for the
     machine they were taken on: the GPU's name, or the CPU's model, its cores and the widest vector unit torch
-    uses on it (AVX2, AVX512; AMX-BF16 where present), e.g. "AMD EPYC (2 cores, AVX2)"."""
+    uses on it (AVX2, AVX512; AMX-BF16, or else AVX512-BF16, where present), e.g. "AMD EPYC (2 cores, AVX2)"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     caps = torch.cpu.get_capabilities()
-    units = torch.backends.cpu.get_cpu_capability() + (", AMX-BF16" if caps.get("amx_bf16") else "")
+    bf16 = "AMX-BF16" if caps.get("amx_bf16") else "AVX512-BF16" if caps.get("avx512_bf16") else None
+    units = torch.backends.cpu.get_cpu_capability() + (f", {bf16}" if bf16 else "")
     return f"{caps.get('cpu_name') or 'CPU'} ({caps.get('num_logical_cores')} cores, {units})"
