@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from genlab.config import ComputeConfig
+from genlab.device import cpu_bf16_unit
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -39,8 +40,7 @@ def native_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        caps = torch.cpu.get_capabilities()
-        return bool(caps.get("amx_bf16", False) or caps.get("avx512_bf16", False))
+        return cpu_bf16_unit() is not None
     return False
 
 

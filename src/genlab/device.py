@@ -25,13 +25,19 @@ def resolve(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_bf16_unit() -> str | None:
+    """The CPU's bfloat16 hardware unit, the widest first: "AMX-BF16" (tiles), "AVX512-BF16" (dot products), or
+    None (torch's bf16 then runs in emulation). `compute.native_bf16` and `describe` both read it."""
+    caps = torch.cpu.get_capabilities()
+    return "AMX-BF16" if caps.get("amx_bf16") else "AVX512-BF16" if caps.get("avx512_bf16") else None
+
+
 def describe(device: torch.device) -> str:
     """The device in words, recorded with every stage run and bench result, since timings hold only for the
     machine they were taken on: the GPU's name, or the CPU's model, its cores and the widest vector unit torch
     uses on it (AVX2, AVX512; AMX-BF16, or else AVX512-BF16, where present), e.g. "AMD EPYC (2 cores, AVX2)"."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    caps = torch.cpu.get_capabilities()
-    bf16 = "AMX-BF16" if caps.get("amx_bf16") else "AVX512-BF16" if caps.get("avx512_bf16") else None
+    caps, bf16 = torch.cpu.get_capabilities(), cpu_bf16_unit()
     units = torch.backends.cpu.get_cpu_capability() + (f", {bf16}" if bf16 else "")
     return f"{caps.get('cpu_name') or 'CPU'} ({caps.get('num_logical_cores')} cores, {units})"
