@@ -124,7 +124,8 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
     return out
 
 
-VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"}}  # row suffix -> compute params
+VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"},
+            "compiled bf16": {"compile": True, "precision": "bf16"}}  # row suffix -> compute params
 SECTIONS = {"evaluator": "evaluator", "vae": "vae", "latent_unet": "ldm", "pixel_unet": "pixel", "gan": "gan"}
 
 
@@ -157,7 +158,8 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
     for base, v, step in runs:
         name = f"{base} ({v})" if v else base
         batch = built[v or ""][base][0]
-        peak = peaks["bf16" if v == "bf16" else "fp32"]
+        bf16 = VARIANTS.get(v, {}).get("precision") == "bf16"
+        peak = peaks["bf16" if bf16 else "fp32"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
         flops = eager_flops[base, batch] if v in VARIANTS else eager_flops.setdefault((base, batch), step_flops(step))
@@ -168,7 +170,7 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
         rows[name] = {"batch": batch, "images_per_s": round(batch / med, 1), "step_ms": round(1000 * med, 2),
                       "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(flops / med / 1e9, 2),
                       "pct_of_matmul": round(100 * flops / med / peak, 1), "warmup_s": round(warmup, 1)}
-        if v == "bf16":
+        if bf16:
             rows[name]["matmul_dtype"] = "bf16"
         if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the stages' own
             rows[name]["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1024**3, 3)
@@ -248,11 +250,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "hardware.json")
     ap.add_argument("--compile", default="", help="workloads also timed under torch.compile, e.g. latent_unet")
     ap.add_argument("--bf16", default="", help="workloads also timed under bf16 autocast, e.g. latent_unet")
+    ap.add_argument("--compile-bf16", default="", help="workloads also timed compiled under bf16 autocast")
     ap.add_argument("--batch", default="", help="workloads also timed at another batch size, e.g. latent_unet=64")
     args = ap.parse_args()
     known = tuple(SECTIONS)
     variants = {}
-    for v, flag, names in (("compiled", "--compile", args.compile), ("bf16", "--bf16", args.bf16)):
+    for v, flag, names in (("compiled", "--compile", args.compile), ("bf16", "--bf16", args.bf16),
+                           ("compiled bf16", "--compile-bf16", args.compile_bf16)):
         variants[v] = tuple(n.strip() for n in names.split(",") if n.strip())
         if set(variants[v]) - set(known):
             ap.error(f"{flag}: expected some of {', '.join(known)}, got {names!r}")
@@ -274,7 +278,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0],
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1)}
     peaks = {"fp32": peak}
-    if device.type == "cuda" or variants["bf16"]:
+    if device.type == "cuda" or variants["bf16"] or variants["compiled bf16"]:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, 3.0)
         result["matmul_peak_gflops_bf16"] = round(peaks["bf16"] / 1e9, 1)
         log.info("matmul peak (bfloat16): %.1f GFLOP/s", peaks["bf16"] / 1e9)
