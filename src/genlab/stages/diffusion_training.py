@@ -77,15 +77,15 @@ class Conditioner:
         if "text" in self.conditioning:
             from genlab.models.text import TextEncoder, trim
 
+            names = names or []
             # every training phrasing of every label, encoded once: (K * P, L, 384)
-            self.table = [sources.train_prompts(source, c, names or []) for c in range(num_classes)]
+            self.table = [sources.train_prompts(source, c, names) for c in range(num_classes)]
             flat = [p for ps in self.table for p in ps]
             self.text = TextEncoder()
             tokens, mask = trim(*self.text.encode(flat))
             self.tokens, self.mask = tokens.to(device), mask.to(device)
             # what samplers of this model ask for: these and the held-out phrasings (`save_prompts`)
-            self.phrasings = flat + [p for c in range(num_classes) for p in sources.heldout_prompts(source, c,
-                                                                                                  names or [])]
+            self.phrasings = flat + [p for c in range(num_classes) for p in sources.heldout_prompts(source, c, names)]
 
     def save_prompts(self, path: Path) -> None:
         """The training and held-out phrasings' encodings, for the samplers of this model (a text model only)."""
