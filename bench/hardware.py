@@ -16,7 +16,7 @@ With --project (a project where `dvc repro` has run): the orchestration overhead
 up-to-date pipeline (what the flow adds to a run: its server, its tasks, DVC's checks), and a no-op `dvc repro`.
 
 Usage: .venv/bin/python bench/hardware.py [--device auto] [--seconds 8] [--project PATH] [--bf16 vae,gan]
-       [--batch latent_unet=64]
+       [--compile latent_unet] [--compile-bf16 latent_unet] [--batch latent_unet=64]
 Results: bench/results/hardware.json and a table on stdout.
 """
 
