@@ -126,6 +126,7 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
 
 VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"},
             "compiled bf16": {"compile": True, "precision": "bf16"}}  # row suffix -> compute params
+BF16_VARIANTS = {v for v, c in VARIANTS.items() if c.get("precision") == "bf16"}  # read against the bf16 matmul
 SECTIONS = {"evaluator": "evaluator", "vae": "vae", "latent_unet": "ldm", "pixel_unet": "pixel", "gan": "gan"}
 
 
@@ -158,7 +159,7 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
     for base, v, step in runs:
         name = f"{base} ({v})" if v else base
         batch = built[v or ""][base][0]
-        bf16 = VARIANTS.get(v, {}).get("precision") == "bf16"
+        bf16 = v in BF16_VARIANTS
         peak = peaks["bf16" if bf16 else "fp32"]
         if ctx.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(ctx.device)
@@ -278,7 +279,7 @@ def main() -> None:
         "threads": torch.get_num_threads(), "load_average_at_start": os.getloadavg()[0],
         "matmul_peak_gflops_fp32": round(peak / 1e9, 1)}
     peaks = {"fp32": peak}
-    if device.type == "cuda" or variants["bf16"] or variants["compiled bf16"]:
+    if device.type == "cuda" or any(variants[v] for v in BF16_VARIANTS):
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, 3.0)
         result["matmul_peak_gflops_bf16"] = round(peaks["bf16"] / 1e9, 1)
         log.info("matmul peak (bfloat16): %.1f GFLOP/s", peaks["bf16"] / 1e9)

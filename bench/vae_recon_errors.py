@@ -2,10 +2,11 @@
 (background, edges, shape interiors), and the FID/floor of the real test images with the reconstruction pasted in on
 one kind of pixel only.
 
-The latent arm's samples are decoded by the VAE, so its reconstructions bound how near the floor the LDM can get
-(bench/README.md, "The latent arm's ceiling on shapes"). Pixel kinds, per image and pixel: background where every
-channel is at -1, edge where the 3x3 neighbourhood differs from the pixel by more than 0.05 (summed), the rest
-interior. Reconstructions decode the posterior means, clamped, as `train_vae` scores its rFID.
+The latent arm's samples are decoded by the VAE, so its reconstructions show how near the floor the LDM can be
+expected to get, though not as a strict bound (bench/README.md, "The latent arm's ceiling on shapes"). Pixel kinds,
+per image and pixel: background where every channel is at -1, edge where the 3x3 neighbourhood differs from the
+pixel by more than 0.05 (summed), the rest interior. Reconstructions decode the posterior means, clamped, as
+`train_vae` scores its rFID.
 
     .venv/bin/python bench/vae_recon_errors.py --project .
 Prints a table and writes JSON to --out (bench/results/vae_recon_errors.json).
