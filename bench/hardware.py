@@ -16,7 +16,8 @@ With --project (a project where `dvc repro` has run): the orchestration overhead
 up-to-date pipeline (what the flow adds to a run: its server, its tasks, DVC's checks), and a no-op `dvc repro`.
 
 Usage: .venv/bin/python bench/hardware.py [--device auto] [--seconds 8] [--project PATH] [--bf16 vae,gan]
-       [--compile latent_unet] [--compile-bf16 latent_unet] [--batch latent_unet=64]
+       [--compile latent_unet] [--compile-bf16 latent_unet] [--channels-last evaluator]
+       [--bf16-channels-last evaluator] [--batch latent_unet=64] [--rounds 3]
 Results: bench/results/hardware.json and a table on stdout.
 """
 
@@ -125,7 +126,9 @@ def workloads(params: Params, ctx: Context) -> dict[str, tuple[int, Callable[[],
 
 
 VARIANTS = {"compiled": {"compile": True}, "bf16": {"precision": "bf16"},
-            "compiled bf16": {"compile": True, "precision": "bf16"}}  # row suffix -> compute params
+            "compiled bf16": {"compile": True, "precision": "bf16"},
+            "channels_last": {"memory_format": "channels_last"},
+            "bf16 channels_last": {"precision": "bf16", "memory_format": "channels_last"}}  # row suffix -> compute
 BF16_VARIANTS = {v for v, c in VARIANTS.items() if c.get("precision") == "bf16"}  # read against the bf16 matmul
 SECTIONS = {"evaluator": "evaluator", "vae": "vae", "latent_unet": "ldm", "pixel_unet": "pixel", "gan": "gan"}
 
@@ -138,12 +141,14 @@ def with_batch(params: Params, name: str, batch: int) -> Params:
 
 def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, float],
                variants: dict[str, tuple[str, ...]] | None = None,
-               batches: dict[str, int] | None = None) -> dict[str, dict[str, float]]:
+               batches: dict[str, int] | None = None, rounds: int = 1) -> dict[str, dict[str, float]]:
     """A row per workload, against `peaks["fp32"]`; for each workload named in `variants[v]` also "<name> (v)": the
     same step with VARIANTS[v]'s compute params, e.g. under `compute.compile` (compile time: the first two steps,
     `warmup_s`) or bf16 autocast (against `peaks["bf16"]`, a bf16 matmul's). FLOPs are the eager fp32 step's:
     FlopCounterMode does not see inside compiled kernels, and autocast changes no op's count. For each workload in
-    `batches` also "<name> (batch B)": the same step at another batch size, with its own FLOP count."""
+    `batches` also "<name> (batch B)": the same step at another batch size, with its own FLOP count. With `rounds`
+    > 1 the rows take turns, `seconds / rounds` each per round, so a machine whose speed drifts moves every row alike
+    and their ratios hold (one after another, the same step read 0.95x and 1.15x in two runs)."""
     rows = {}
     proc = psutil.Process()
     built = {"": workloads(params, ctx)}
@@ -156,27 +161,37 @@ def train_rows(params: Params, ctx: Context, seconds: float, peaks: dict[str, fl
     runs = [(name, "", step) for name, (_, step) in built[""].items()]
     runs += [(name, v, built[v][name][1]) for v, names in (variants or {}).items() for name in names]
     runs += [(name, f"batch {b}", built[f"batch {b}"][name][1]) for name, b in (batches or {}).items()]
-    for base, v, step in runs:
-        name = f"{base} ({v})" if v else base
-        batch = built[v or ""][base][0]
-        bf16 = v in BF16_VARIANTS
-        peak = peaks["bf16" if bf16 else "fp32"]
-        if ctx.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(ctx.device)
-        flops = eager_flops[base, batch] if v in VARIANTS else eager_flops.setdefault((base, batch), step_flops(step))
-        t0 = time.perf_counter()
-        times = time_steps(step, ctx.device, seconds)
-        warmup = time.perf_counter() - t0 - sum(times)
-        med = statistics.median(times)
+    times: dict[str, list[float]] = {}
+    first: dict[str, dict[str, float]] = {}  # what the first round measures: warm-up, flops, memory
+    for r in range(rounds):  # rounds > 1: every row timed in turn, `seconds / rounds` at a time (drift hits all)
+        for base, v, step in runs:
+            name = f"{base} ({v})" if v else base
+            batch = built[v or ""][base][0]
+            if r == 0:
+                if ctx.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(ctx.device)
+                flops = eager_flops[base, batch] if v in VARIANTS else eager_flops.setdefault(
+                    (base, batch), step_flops(step))
+            t0 = time.perf_counter()
+            times.setdefault(name, []).extend(ts := time_steps(step, ctx.device, seconds / rounds))
+            if r == 0:
+                first[name] = {"batch": batch, "flops": flops, "warmup_s": time.perf_counter() - t0 - sum(ts),
+                               "bf16": v in BF16_VARIANTS}
+                if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the
+                    first[name]["peak_allocated_gb"] = torch.cuda.max_memory_allocated(ctx.device) / 1024**3
+                else:  # stages' own per-process peaks are bench/prepare_memory.py's)
+                    first[name]["process_rss_gb"] = proc.memory_info().rss / 1024**3
+    for name, f in first.items():
+        med, batch, flops = statistics.median(times[name]), f["batch"], f["flops"]
+        peak = peaks["bf16" if f["bf16"] else "fp32"]
         rows[name] = {"batch": batch, "images_per_s": round(batch / med, 1), "step_ms": round(1000 * med, 2),
                       "gflop_per_step": round(flops / 1e9, 3), "achieved_gflops": round(flops / med / 1e9, 2),
-                      "pct_of_matmul": round(100 * flops / med / peak, 1), "warmup_s": round(warmup, 1)}
-        if bf16:
+                      "pct_of_matmul": round(100 * flops / med / peak, 1), "warmup_s": round(f["warmup_s"], 1)}
+        if f["bf16"]:
             rows[name]["matmul_dtype"] = "bf16"
-        if ctx.device.type == "cuda":  # this workload's peak; on CPU the process's RSS so far (the stages' own
-            rows[name]["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated(ctx.device) / 1024**3, 3)
-        else:  # per-process peaks are bench/prepare_memory.py's)
-            rows[name]["process_rss_gb"] = round(proc.memory_info().rss / 1024**3, 3)
+        for key in ("peak_allocated_gb", "process_rss_gb"):
+            if key in f:
+                rows[name][key] = round(f[key], 3)
         log.info("train %s: %s", name, rows[name])
     return rows
 
@@ -252,12 +267,17 @@ def main() -> None:
     ap.add_argument("--compile", default="", help="workloads also timed under torch.compile, e.g. latent_unet")
     ap.add_argument("--bf16", default="", help="workloads also timed under bf16 autocast, e.g. latent_unet")
     ap.add_argument("--compile-bf16", default="", help="workloads also timed compiled under bf16 autocast")
+    ap.add_argument("--channels-last", default="", help="workloads also timed with channels_last weights")
+    ap.add_argument("--bf16-channels-last", default="", help="workloads also timed channels_last under bf16 autocast")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds the rows take turns in (ratios immune to drift)")
     ap.add_argument("--batch", default="", help="workloads also timed at another batch size, e.g. latent_unet=64")
     args = ap.parse_args()
     known = tuple(SECTIONS)
     variants = {}
     for v, flag, names in (("compiled", "--compile", args.compile), ("bf16", "--bf16", args.bf16),
-                           ("compiled bf16", "--compile-bf16", args.compile_bf16)):
+                           ("compiled bf16", "--compile-bf16", args.compile_bf16),
+                           ("channels_last", "--channels-last", args.channels_last),
+                           ("bf16 channels_last", "--bf16-channels-last", args.bf16_channels_last)):
         variants[v] = tuple(n.strip() for n in names.split(",") if n.strip())
         if set(variants[v]) - set(known):
             ap.error(f"{flag}: expected some of {', '.join(known)}, got {names!r}")
@@ -283,7 +303,10 @@ def main() -> None:
         peaks["bf16"] = matmul_peak(device, torch.bfloat16, 3.0)
         result["matmul_peak_gflops_bf16"] = round(peaks["bf16"] / 1e9, 1)
         log.info("matmul peak (bfloat16): %.1f GFLOP/s", peaks["bf16"] / 1e9)
-    result["train"] = train_rows(params, ctx, args.seconds, peaks, variants, batches)
+    if args.rounds < 1:
+        ap.error(f"--rounds: expected an integer >= 1, got {args.rounds}")
+    result["rounds"] = args.rounds
+    result["train"] = train_rows(params, ctx, args.seconds, peaks, variants, batches, args.rounds)
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
     if args.project is not None:
@@ -291,9 +314,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{result['device']}, {result['threads']} threads; matmul {result['matmul_peak_gflops_fp32']} GFLOP/s fp32")
-    print(f"{'train step':23s} {'batch':>5s} {'img/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>9s} {'% matmul':>9s}")
+    print(f"{'train step':34s} {'batch':>5s} {'img/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>9s} {'% matmul':>9s}")
     for name, r in result["train"].items():
-        print(f"{name:23s} {r['batch']:5d} {r['images_per_s']:9.1f} {r['gflop_per_step']:11.3f} "
+        print(f"{name:34s} {r['batch']:5d} {r['images_per_s']:9.1f} {r['gflop_per_step']:11.3f} "
               f"{r['achieved_gflops']:9.2f} {r['pct_of_matmul']:9.1f}")
     for name, r in result["sampling"].items():
         print(f"{name:18s} batch {r['batch']}: {r['latents_per_s']:.0f} latents/s, "

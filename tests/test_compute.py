@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab.compute import adam, autocast, compiled, configure, resolve_precision
-from genlab.config import ComputeConfig, LDMConfig
+from genlab.compute import adam, autocast, compiled, configure, layout, resolve_precision
+from genlab.config import ComputeConfig, EvaluatorConfig, GANConfig, LDMConfig, VAEConfig
 from genlab.device import describe
 from genlab.distributed import World
 from genlab.models.vae import VAE
@@ -65,6 +65,78 @@ def test_fp32_and_tf32_leave_cpu_training_bit_identical() -> None:
     configure(CPU, ComputeConfig(precision="tf32"))
     for p, q in zip(a.unet.parameters(), b.unet.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_memory_format_auto_is_channels_last_on_cuda_and_contiguous_on_cpu() -> None:
+    cuda = torch.device("cuda")  # a device object needs no GPU: the resolution is what is checked
+    assert layout(cuda, ComputeConfig()) == "channels_last" and layout(CPU, ComputeConfig()) == "contiguous"
+    for fmt in ("channels_last", "contiguous"):
+        assert layout(CPU, ComputeConfig(memory_format=fmt)) == layout(cuda, ComputeConfig(memory_format=fmt)) == fmt
+
+
+def nhwc(t: torch.Tensor) -> bool:
+    """Stored channels_last and not also plain contiguous (a 3x3 kernel or a feature map with H, W > 1)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def test_channels_last_training_matches_contiguous_and_writes_contiguous_snapshots(tmp_path: Path) -> None:
+    """`compute.memory_format: channels_last`: the U-Net's 3x3 weights (and the EMA's, and Adam's moments) are
+    NHWC, its convolutions return NHWC activations, and two steps give the contiguous run's losses (and the first
+    its gradients) to float tolerance (other kernels, other rounding). The snapshot is written contiguous and loads
+    back equal."""
+    from safetensors.torch import load_file
+
+    from genlab.checkpoint import save_snapshot
+
+    ref, loss_ref = small_ldm_run(ComputeConfig())
+    run, _ = small_ldm_run(ComputeConfig(memory_format="channels_last"), steps=0)
+    conv = next(m for m in run.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    seen = []
+    conv.register_forward_hook(lambda m, i, o: seen.append(nhwc(o)))
+    losses, grads = [], []
+    for k in range(2):
+        losses.append(run.step(batch_indices(0, k, 64, 16), generator(0, "test", k))["loss"])
+        run.trainable.step += 1
+        grads = grads or [p.grad.clone() for p in run.unet.parameters()]  # the first step's: from the same weights
+    ref_grads = [p.grad for p in small_ldm_run(ComputeConfig(), steps=1)[0].unet.parameters()]
+    assert seen and all(seen)
+    assert nhwc(conv.weight) and not nhwc(next(m for m in ref.unet.modules() if m.__class__ is conv.__class__
+                                              and m.kernel_size == (3, 3)).weight)
+    ema_conv = dict(run.ema.named_modules())[next(n for n, m in run.unet.named_modules() if m is conv)]
+    assert nhwc(ema_conv.weight) and nhwc(run.trainable.optimizers["opt"].state[conv.weight]["exp_avg"])
+    for a, b in zip(losses, loss_ref, strict=True):
+        assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
+    # the first step's gradients (after it, Adam's division by sqrt(v) turns rounding in a near-zero gradient into
+    # a step of up to lr: the weights are compared through the losses and gradients they give)
+    scale = max(g.abs().max().item() for g in ref_grads)  # a bias before a GroupNorm has a zero gradient: noise
+    for (name, _), a, b in zip(run.unet.named_parameters(), grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * scale), name
+    save_snapshot(run.unet, tmp_path / "model.safetensors")
+    saved = load_file(str(tmp_path / "model.safetensors"))
+    state = run.unet.state_dict()
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_every_training_builder_places_its_networks_in_the_training_layout() -> None:
+    """The evaluator's, the VAE's and the GAN's builders (the U-Net's: above) put every 3x3 weight NHWC under
+    channels_last and take a step in it."""
+    from genlab.stages import train_evaluator, train_gan, train_vae
+
+    ctx = Context(paths=Paths(Path("/nonexistent")), seed=0, device=CPU,
+                  compute=ComputeConfig(memory_format="channels_last"))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(128, 1, 16, 16, generator=g) * 2 - 1, torch.arange(128) % 10
+    ev, vae, gan = EvaluatorConfig(batch_size=32), VAEConfig(batch_size=32), GANConfig(batch_size=32)
+    built = {"evaluator": train_evaluator.build_step(ev, ctx, 1, [10], x, y[:, None]),
+             "vae": train_vae.build_step(vae, ctx, train_vae.vae_network(vae, 1, 16), x, plain=False),
+             "gan": train_gan.build_step(gan, ctx, 1, 16, 10, x, y)}
+    for name, b in built.items():
+        kernels = [m.weight for mod in b.trainable.modules.values() for m in mod.modules()
+                   if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d) and m.kernel_size == (3, 3)
+                   and min(m.weight.shape[:2]) > 1]  # with one channel NHWC and NCHW are the same strides
+        assert kernels and all(nhwc(w) for w in kernels), name
+        losses = b.step(batch_indices(0, 0, 128, 32), generator(0, "test", 0))
+        assert all(torch.isfinite(torch.as_tensor(v)).all() for v in losses.values()), name
 
 
 def test_vae_step_runs_its_forward_in_the_given_context() -> None:

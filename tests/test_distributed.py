@@ -149,27 +149,30 @@ def test_a_killed_two_process_stage_resumes_exactly(runs: dict, tmp_path: Path) 
                for k, v in resumed["modules"][m].items())
 
 
-def ldm_first_moments(rank: int, size: int, init: str, out: str) -> None:
+def ldm_first_moments(rank: int, size: int, init: str, out: str, memory_format: str = "contiguous") -> None:
     """Rank `rank` of `size` gloo processes (size 1: no process group) takes one step of test_compute's small
-    class-conditional latent U-Net (the stage's own `build_step`, a global batch of 16); rank 0 saves Adam's first
-    moments, (1 - beta1) * the gradient it applied."""
+    class-conditional latent U-Net (the stage's own `build_step`, a global batch of 16) in `memory_format`; rank 0
+    saves Adam's first moments, (1 - beta1) * the gradient it applied, contiguous."""
     torch.set_num_threads(1)
     if size > 1:
         torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=size)
     world = World(rank, size)
-    run, _ = small_ldm_run(ComputeConfig(), steps=1, world=world)
+    run, _ = small_ldm_run(ComputeConfig(memory_format=memory_format), steps=1, world=world)
     if world.main:
-        torch.save([s["exp_avg"] for s in run.trainable.optimizers["opt"].state_dict()["state"].values()], out)
+        torch.save([s["exp_avg"].contiguous() for s in run.trainable.optimizers["opt"].state_dict()["state"].values()],
+                   out)
     leave(world)
 
 
-def test_two_gloo_processes_take_the_one_process_step(tmp_path: Path) -> None:
+@pytest.mark.parametrize("memory_format", ["contiguous", "channels_last"])
+def test_two_gloo_processes_take_the_one_process_step(tmp_path: Path, memory_format: str) -> None:
     """The default suite's check of the slow tests' claim, in seconds: the latent U-Net's step on 2 gloo processes
     (each its half of the global batch, DDP averaging the gradients) applies the gradient one process applies to the
-    whole batch, to float tolerance (reduction order only)."""
+    whole batch, to float tolerance (reduction order only); with NHWC weights too (CUDA's `auto` layout), against
+    the one contiguous process."""
     ldm_first_moments(0, 1, "", str(tmp_path / "one.pt"))
     torch.multiprocessing.spawn(ldm_first_moments, args=(2, f"file://{tmp_path / 'rendezvous'}",
-                                                         str(tmp_path / "two.pt")), nprocs=2)
+                                                         str(tmp_path / "two.pt"), memory_format), nprocs=2)
     one, two = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
     scale = max(float(m.abs().max()) for m in one)
     assert len(one) == len(two) > 10 and scale > 0

@@ -112,6 +112,7 @@ def test_mlflow_runs_and_registry(repro: tuple[Path, dict[str, str], str]) -> No
         assert row["tags.genlab.data_hash"].item() == data_hash
         assert row["tags.genlab.git_commit"].item() == head
         assert row["tags.genlab.device_name"].item() == describe(torch.device("cpu"))  # where its timings hold
+        assert row["tags.genlab.memory_format"].item() == "contiguous"  # `auto` on CPU, resolved
     ldm_run = runs[runs["tags.genlab.stage"] == "train_ldm"].iloc[0]
     assert ldm_run["params.cfg.guidance_scale"] == "2.0"
     history = client.get_metric_history(ldm_run.run_id, "loss")
@@ -202,6 +203,7 @@ def test_generative_depth_outputs(repro: tuple[Path, dict[str, str], str]) -> No
         assert np.isfinite(bpd)
     sweep = json.loads((root / "metrics" / "guidance_sweep.json").read_text())
     assert [r["guidance_scale"] for r in sweep["rows"]] == [1.0, 2.0, 3.0]
+    assert "guidance_scale" not in sweep and sweep["steps"] == 5  # its scales are the rows'; not a dvc.yaml param
     for r in sweep["rows"]:  # class+text: scored through the labels and through held-out phrasings
         assert 0 <= r["class_accuracy"] <= 1 and 0 <= r["prompt_accuracy"] <= 1 and r["prompt_fid"] > 0
     assert (root / "reports" / "guidance" / "fid_vs_accuracy.png").is_file()

@@ -1,6 +1,7 @@
 """dvc.yaml lists, for each stage, exactly the code it runs: the genlab modules `genlab.stages.<stage>` imports,
 directly or through other genlab modules. A missing one would let `dvc repro` keep outputs made by old code; an
-extra one would re-run a stage for a change that cannot touch it."""
+extra one would re-run a stage for a change that cannot touch it. And each training stage lists every key of its
+params section that training reads, so that `dvc exp run -S <section>.<key>=...` re-runs it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from genlab.config import SAMPLING_KEYS, TRAINING_SECTIONS, Params
 from tests.conftest import BIN, hermetic_env, sh
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,3 +85,15 @@ def test_bytecode_caches_are_not_code_dependencies(tmp_path: Path) -> None:
     out = sh([str(BIN / "dvc"), "check-ignore", *caches, "src/genlab/metrics/fid.py"], ROOT, hermetic_env(tmp_path),
              check=False)
     assert out.stdout.split() == caches, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("section", TRAINING_SECTIONS)
+def test_training_stage_lists_every_key_its_training_reads(section: str) -> None:
+    """`ldm.precision` was read by `train_ldm` (`Params.compute_for`) but not listed: `dvc exp run -S
+    ldm.precision=bf16` changed nothing. Every key of the section but the sampling ones must be listed (or the
+    whole section)."""
+    listed = {p for p in STAGES[f"train_{section}"]["params"] if isinstance(p, str)}
+    keys = set(type(getattr(Params(), section)).model_fields) - set(SAMPLING_KEYS)
+    missing = sorted(k for k in keys if section not in listed and f"{section}.{k}" not in listed)
+    assert not missing, f"train_{section}: dvc.yaml does not list {missing}"
+    assert not {f"{section}.{k}" for k in SAMPLING_KEYS} & listed  # a sampling change re-samples, not re-trains

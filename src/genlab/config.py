@@ -21,6 +21,10 @@ from genlab.errors import ConfigError
 # float32) | auto (bf16 where the device has bf16 units: CUDA with native bf16, a CPU with AMX or
 # AVX512-BF16; else fp32)
 Precision = Literal["fp32", "tf32", "bf16", "auto"]
+# the training networks' memory layout: channels_last (NHWC: every 4-D weight, so every convolution's activations) |
+# contiguous (NCHW) | auto (channels_last on CUDA, where cuDNN's tensor-core convolutions run NHWC; contiguous on
+# CPU, where it paid for the evaluator alone: bench/README.md, "channels_last")
+MemoryFormat = Literal["channels_last", "contiguous", "auto"]
 
 
 class Section(BaseModel):
@@ -86,6 +90,11 @@ class VAEConfig(TrainConfig):
     ae_train_images: int = Field(20000, ge=1)
     traversal_directions: int = Field(6, ge=1, le=32)  # principal latent directions shown as "knobs"
     interpolation_steps: int = Field(10, ge=2, le=64)
+
+
+# DiffusionConfig's keys that only sampling reads (`sample`, `guidance_sweep`, `evaluate`): every other key of a
+# training section is a parameter of its training stage in dvc.yaml (tests/test_stage_deps.py)
+SAMPLING_KEYS = ("sampler", "sample_steps", "eta", "guidance_scale")
 
 
 class DiffusionConfig(TrainConfig):
@@ -205,6 +214,7 @@ class DistConfig(Section):
 class ComputeConfig(Section):
     precision: Precision = "fp32"  # how the training stages use the device (`Precision` above)
     compile: bool = False  # torch.compile the training networks (pays after its compile time, on long runs)
+    memory_format: MemoryFormat = "auto"  # the training networks' layout (`MemoryFormat` above)
     # torch's CPU threads in every stage; null: torch's default (OMP_NUM_THREADS, else the cores). The count changes
     # a CPU step's reduction order, so the bits: set it to get the same bits on machines with other core counts
     threads: int | None = Field(None, ge=1)

@@ -19,7 +19,7 @@ from torch import nn
 
 from genlab import tracking
 from genlab.checkpoint import load_train_state, save_snapshot, save_train_state
-from genlab.compute import compiled
+from genlab.compute import compiled, layout, place
 from genlab.config import ComputeConfig, flatten, to_json
 from genlab.data import splits
 from genlab.device import describe
@@ -42,6 +42,10 @@ class Context:
     def fingerprint(self, stage: str, cfg: BaseModel, data_hash: str, *extra: str) -> str:
         """`fingerprint` of a training run in this context (the compute settings count when not the defaults)."""
         return fingerprint(stage, cfg, self.seed, data_hash, *extra, *self.compute.fingerprint_extra())
+
+    def place(self, module: nn.Module) -> nn.Module:
+        """A training network on the device in the training layout (`compute.memory_format`)."""
+        return place(module, self.device, self.compute)
 
     def train_net(self, module: nn.Module) -> nn.Module:
         """The module a training step calls: DDP over it under torchrun, compiled with `compute.compile`."""
@@ -99,7 +103,8 @@ def stage_run(ctx: Context, stage: str, cfg: BaseModel, data_hash: str,  # noqa:
                                                       "world_size": ctx.world.size, **flatten(ctx.compute, "compute."),
                                                       **flatten(cfg, "cfg.")},
                               {"genlab.data_hash": data_hash, "genlab.torch_threads": str(threads),
-                               "genlab.omp_wait_policy": policy, "genlab.device_name": machine},
+                               "genlab.omp_wait_policy": policy, "genlab.device_name": machine,
+                               "genlab.memory_format": layout(ctx.device, ctx.compute)},
                               resume_run_id=run_id,
                               dataset=tracking.prepared_dataset(ctx.paths.root, data_hash, source))
 

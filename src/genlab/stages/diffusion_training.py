@@ -147,7 +147,7 @@ def build_step(stage: str, cfg: DiffusionConfig, ctx: Context, shape: list[int],
     device, world = ctx.device, ctx.world
     network = unet_network(cfg, shape[0], num_classes, shape[-1])
     with seeded(ctx.seed, stage, "init"):
-        unet = UNet(**network).to(device)
+        unet = ctx.place(UNet(**network))
     ema = ema_copy(unet)
     opt = adam(unet.parameters(), device, decoupled=True, lr=cfg.lr, weight_decay=0.0)
     trainable = Trainable({"unet": unet, "ema": ema}, {"opt": opt})

@@ -83,8 +83,9 @@ def run(cfg: SampleConfig, ldm: LDMConfig, ev: EvaluateConfig, ctx: Context) -> 
                               step)
         mlrun.log_artifact(ctx.paths.plot(STAGE), "guidance")
     best = min(rows, key=lambda r: r["fid"])
-    metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], **diffusion_settings(ldm),
-               "n": len(labels)}
+    # the sampler settings it ran with; not params' guidance_scale, which it neither reads nor re-runs for
+    settings = {k: v for k, v in diffusion_settings(ldm).items() if k != "guidance_scale"}
+    metrics = {"rows": rows, "best_fid_guidance_scale": best["guidance_scale"], **settings, "n": len(labels)}
     write_metrics(ctx, STAGE, metrics)
     atomic_write(ctx.paths.root / "reports" / "guidance" / "sweep.json", json.dumps(metrics, indent=2))
     return metrics

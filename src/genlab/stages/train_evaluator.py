@@ -59,7 +59,7 @@ def build_step(cfg: EvaluatorConfig, ctx: Context, channels: int, heads: list[in
     network = {"in_channels": channels, "num_classes": heads, "width": cfg.width,
                "stem_stride": stem_stride_for(x_all.shape[-1])}
     with seeded(ctx.seed, STAGE, "init"):
-        model = Evaluator(**network).to(ctx.device)
+        model = ctx.place(Evaluator(**network))
     opt = adam(model.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"model": model}, {"opt": opt})
     net = ctx.train_net(model)

@@ -51,8 +51,8 @@ def build_step(cfg: GANConfig, ctx: Context, channels: int, side: int, num_class
     g_net = {"z_dim": cfg.z_dim, "num_classes": k, "base": cfg.base_channels, "image_size": side,
              "channels": channels}
     with seeded(ctx.seed, STAGE, "init"):
-        G = Generator(**g_net).to(ctx.device)
-        D = Discriminator(num_classes=k, base=cfg.base_channels, image_size=side, channels=channels).to(ctx.device)
+        G = ctx.place(Generator(**g_net))
+        D = ctx.place(Discriminator(num_classes=k, base=cfg.base_channels, image_size=side, channels=channels))
     G_ema = ema_copy(G)
     opt_g = adam(G.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))
     opt_d = adam(D.parameters(), ctx.device, lr=cfg.lr, betas=(0.0, 0.9))

@@ -149,7 +149,7 @@ def build_step(cfg: VAEConfig, ctx: Context, network: dict, x_all: Batches, plai
     `trainable.step`."""
     key = f"{STAGE}.ae" if plain else STAGE
     with seeded(ctx.seed, key, "init"):
-        vae = VAE(**network).to(ctx.device)
+        vae = ctx.place(VAE(**network))
     opt = adam(vae.parameters(), ctx.device, lr=cfg.lr)
     trainable = Trainable({"vae": vae}, {"opt": opt})
     net = ctx.train_net(vae)
