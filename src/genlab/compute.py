@@ -19,8 +19,8 @@
 - memory_format: the training networks' layout. `channels_last` stores every 4-D weight NHWC, so convolutions
   run and return NHWC activations (norms and attention take either); `auto` is channels_last on CUDA (cuDNN's
   tensor-core convolutions are NHWC kernels) and contiguous on CPU, where `bench/hardware.py --channels-last`
-  measured it on a 2-core Zen 5 (interleaved, one process): the evaluator's step 1.32x (1.27x under bf16), the
-  VAE's, latent U-Net's, pixel U-Net's and GAN's 0.90-1.04x at fp32 and 0.29-0.97x under bf16. Snapshots are
+  measured it on a 2-core Zen 5 (`--rounds 3`, one process): the evaluator's step 1.29x (1.33x under bf16), the
+  VAE's, latent U-Net's, pixel U-Net's and GAN's 0.90-0.99x at fp32 and 0.31-0.91x under bf16. Snapshots are
   written contiguous (`save_snapshot`), so a layout never changes a model file's format.
 - compile: the training networks' forward under `torch.compile` (inductor); the first steps pay the compile time.
 - threads: torch's intra-op CPU threads (`torch.set_num_threads`). A param, not picked from the machine's load:
