@@ -90,7 +90,8 @@ def test_channels_last_training_matches_contiguous_and_writes_contiguous_snapsho
 
     ref, loss_ref = small_ldm_run(ComputeConfig())
     run, _ = small_ldm_run(ComputeConfig(memory_format="channels_last"), steps=0)
-    conv = next(m for m in run.unet.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    name, conv = next((n, m) for n, m in run.unet.named_modules()
+                      if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
     seen = []
     conv.register_forward_hook(lambda m, i, o: seen.append(nhwc(o)))
     losses, grads = [], []
@@ -100,17 +101,16 @@ def test_channels_last_training_matches_contiguous_and_writes_contiguous_snapsho
         grads = grads or [p.grad.clone() for p in run.unet.parameters()]  # the first step's: from the same weights
     ref_grads = [p.grad for p in small_ldm_run(ComputeConfig(), steps=1)[0].unet.parameters()]
     assert seen and all(seen)
-    assert nhwc(conv.weight) and not nhwc(next(m for m in ref.unet.modules() if m.__class__ is conv.__class__
-                                              and m.kernel_size == (3, 3)).weight)
-    ema_conv = dict(run.ema.named_modules())[next(n for n, m in run.unet.named_modules() if m is conv)]
-    assert nhwc(ema_conv.weight) and nhwc(run.trainable.optimizers["opt"].state[conv.weight]["exp_avg"])
+    assert nhwc(conv.weight) and not nhwc(ref.unet.get_submodule(name).weight)
+    assert nhwc(run.ema.get_submodule(name).weight)
+    assert nhwc(run.trainable.optimizers["opt"].state[conv.weight]["exp_avg"])
     for a, b in zip(losses, loss_ref, strict=True):
         assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
     # the first step's gradients (after it, Adam's division by sqrt(v) turns rounding in a near-zero gradient into
     # a step of up to lr: the weights are compared through the losses and gradients they give)
     scale = max(g.abs().max().item() for g in ref_grads)  # a bias before a GroupNorm has a zero gradient: noise
-    for (name, _), a, b in zip(run.unet.named_parameters(), grads, ref_grads, strict=True):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * scale), name
+    for (param, _), a, b in zip(run.unet.named_parameters(), grads, ref_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5 * scale), param
     save_snapshot(run.unet, tmp_path / "model.safetensors")
     saved = load_file(str(tmp_path / "model.safetensors"))
     state = run.unet.state_dict()
