@@ -600,9 +600,14 @@ def same_weights(a: Any, b: Any) -> bool:
     return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
+def time_to_level(curve: list[dict[str, Any]], level: float) -> float | None:
+    """Total training seconds (extra time included) at the first mark whose mean FID/floor <= `level`."""
+    return next((r["total_seconds"] for r in curve if r["fid_ratio"] <= level), None)
+
+
 def time_to_floor(curve: list[dict[str, Any]]) -> float | None:
-    """Total training seconds (extra time included) at the first mark whose mean FID/floor <= FLOOR_FACTOR."""
-    return next((r["total_seconds"] for r in curve if r["fid_ratio"] <= FLOOR_FACTOR), None)
+    """Time to FLOOR_FACTOR x the floor: the claim's level."""
+    return time_to_level(curve, FLOOR_FACTOR)
 
 
 def at_seconds(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any] | None:
@@ -615,7 +620,9 @@ def at_seconds(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any] | 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per arm and variant: time to the floor and the excess at EXCESS_AT s. The best peer (and variant) is the one
     with the smallest excess at EXCESS_AT s; the claims compare each genlab-latent arm (@PROJECT ones too) with it:
-    {"rows", "best_peer", "claims": {arm: {time_ratio, time_ratio_below, excess_ratio}}}."""
+    {"rows", "best_peer", "claims": {arm: {time_ratio, time_ratio_below, excess_ratio}}}; when neither reached the
+    floor, a claim also holds the race to the nearest level both reached: common_level, common_time_ratio and
+    common_times (genlab's, the peer's)."""
     rows = {}
     for arm, r in results.items():
         for variant, curve in r["curves"].items():
@@ -624,7 +631,7 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
                                           "excess_at": None if at is None else at["fid_ratio"] - 1}
     peers = {k: v for k, v in rows.items() if v["arm"].startswith("peer:") and v["excess_at"] is not None}
     best = min(peers, key=lambda k: peers[k]["excess_at"]) if peers else None
-    claims: dict[str, dict[str, float | None]] = {}
+    claims: dict[str, dict[str, Any]] = {}
     for g in rows.values():
         if not (best and g["arm"].partition("@")[0] == "genlab-latent" and g["variant"] == "ema"):
             continue
@@ -636,6 +643,13 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
             c["time_ratio_below"] = g["time_to_floor"] / last
         if g["excess_at"] is not None and p["excess_at"] > 0:
             c["excess_ratio"] = g["excess_at"] / p["excess_at"]
+        if c["time_ratio"] is None and c["time_ratio_below"] is None:
+            # neither reached the floor: the same race to the nearest level both reached (the worse of their best
+            # marks), a ratio measured side by side but not the claim's, which is at FLOOR_FACTOR
+            gc, pc = results[g["arm"]]["curves"][g["variant"]], results[p["arm"]]["curves"][p["variant"]]
+            level = max(min(r["fid_ratio"] for r in gc), min(r["fid_ratio"] for r in pc))
+            tg, tp = time_to_level(gc, level), time_to_level(pc, level)
+            c |= {"common_level": level, "common_time_ratio": tg / tp, "common_times": [tg, tp]}
         claims[g["arm"]] = c
     return {"rows": rows, "best_peer": best, "claims": claims}
 
@@ -781,6 +795,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             print(f"{arm} / best peer, {what}: " + ("not reached by both" if v is None else
                   f"{v:.3f} ({'meets' if v <= bar else 'misses'} the bar <= {bar})"))
+        if "common_level" in claim:
+            tg, tp = claim["common_times"]
+            print(f"{arm} / best peer, time to {claim['common_level']:.3g}x the floor (the nearest level both "
+                  f"reached): {claim['common_time_ratio']:.3f} ({tg:.0f} s against {tp:.0f} s; not the claim's "
+                  f"{FLOOR_FACTOR}x)")
     out = {**head, "arms": results, "complete": True, **summary}
     write_json(args.out, out)
     return out

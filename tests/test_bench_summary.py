@@ -45,6 +45,23 @@ def test_the_time_ratio_is_a_bound_when_only_genlab_reaches_the_floor() -> None:
     assert claim["excess_ratio"] == pytest.approx(5.0 / 20.7)  # read at 300 s in all, not 300 s of its own
 
 
+def test_when_neither_reaches_the_floor_the_race_is_to_the_nearest_level_both_reached() -> None:
+    # genlab's best is 1.8x, the peer's 6.0x: both reached 6.0x, genlab at 600 s in all, the peer at 1500 s
+    genlab = curve([(184, 9.0), (484, 5.5), (784, 2.1), (1084, 1.8)], extra=116)
+    peer = curve([(300, 22.0), (900, 7.0), (1500, 6.0)])
+    claim = bench.summarize(results(genlab, {"peer:v": peer}))["claims"]["genlab-latent"]
+    assert claim["time_ratio"] is None and claim["time_ratio_below"] is None
+    assert claim["common_level"] == 6.0 and claim["common_times"] == [600, 1500]
+    assert claim["common_time_ratio"] == pytest.approx(0.4)
+    # the other way round: the level is genlab's best, and the peer got there first
+    claim = bench.summarize(results(curve([(300, 9.0), (1200, 3.0)]), {"peer:v": curve([(300, 2.5)])}))["claims"]
+    assert claim["genlab-latent"]["common_level"] == 3.0
+    assert claim["genlab-latent"]["common_time_ratio"] == pytest.approx(1200 / 300)
+    # a reached floor is the claim itself: no common level then
+    claim = bench.summarize(results(curve([(300, 1.05)]), {"peer:v": curve([(300, 2.5)])}))["claims"]
+    assert "common_level" not in claim["genlab-latent"]
+
+
 def test_marks_fall_on_the_total_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     # a fake clock: every step takes 10 s; marks every 50 s of total time, the budget 100 s of the arm's own
     now = itertools.count(0, 10)  # perf_counter is read before and after each step: 10 s a step
