@@ -620,9 +620,9 @@ def at_seconds(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any] | 
 def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per arm and variant: time to the floor and the excess at EXCESS_AT s. The best peer (and variant) is the one
     with the smallest excess at EXCESS_AT s; the claims compare each genlab-latent arm (@PROJECT ones too) with it:
-    {"rows", "best_peer", "claims": {arm: {time_ratio, time_ratio_below, excess_ratio}}}; when neither reached the
-    floor, a claim also holds the race to the nearest level both reached: common_level, common_time_ratio and
-    common_times (genlab's, the peer's)."""
+    {"rows", "best_peer", "claims": {arm: {time_ratio, time_ratio_below, excess_ratio}}}; when genlab did not reach
+    the floor (whether the peer did or not), a claim also holds the race to the nearest level both reached:
+    common_level, common_time_ratio and common_times (genlab's, the peer's)."""
     rows = {}
     for arm, r in results.items():
         for variant, curve in r["curves"].items():
@@ -636,17 +636,16 @@ def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if not (best and g["arm"].partition("@")[0] == "genlab-latent" and g["variant"] == "ema"):
             continue
         p, c = peers[best], {"time_ratio": None, "time_ratio_below": None, "excess_ratio": None}
+        gc, pc = results[g["arm"]]["curves"][g["variant"]], results[p["arm"]]["curves"][p["variant"]]
         if g["time_to_floor"] is not None and p["time_to_floor"] is not None:
             c["time_ratio"] = g["time_to_floor"] / p["time_to_floor"]
         elif g["time_to_floor"] is not None:  # the peer's time is beyond its last mark: a bound, not a ratio
-            last = results[p["arm"]]["curves"][p["variant"]][-1]["total_seconds"]
-            c["time_ratio_below"] = g["time_to_floor"] / last
+            c["time_ratio_below"] = g["time_to_floor"] / pc[-1]["total_seconds"]
         if g["excess_at"] is not None and p["excess_at"] > 0:
             c["excess_ratio"] = g["excess_at"] / p["excess_at"]
         if c["time_ratio"] is None and c["time_ratio_below"] is None:
-            # neither reached the floor: the same race to the nearest level both reached (the worse of their best
-            # marks), a ratio measured side by side but not the claim's, which is at FLOOR_FACTOR
-            gc, pc = results[g["arm"]]["curves"][g["variant"]], results[p["arm"]]["curves"][p["variant"]]
+            # genlab did not reach the floor: the same race to the nearest level both reached (the worse of their
+            # best marks), a ratio measured side by side but not the claim's, which is at FLOOR_FACTOR
             level = max(min(r["fid_ratio"] for r in gc), min(r["fid_ratio"] for r in pc))
             tg, tp = time_to_level(gc, level), time_to_level(pc, level)
             c |= {"common_level": level, "common_time_ratio": tg / tp, "common_times": [tg, tp]}
