@@ -98,12 +98,11 @@ from genlab.memory import fix_mmap_threshold, heap_for_steps, set_steps_threshol
 from genlab.metrics import fid
 from genlab.metrics.reference import ReferenceStats, compute_reference, nearest_distances, score_against
 from genlab.models import layers
-from genlab.models.vae import reparameterize
 from genlab.paths import Paths
 from genlab.randomness import batch_indices, generator
 from genlab.sampling import DiffusionSampler, generate, image_seeds, load_vae, seeded_normal
 from genlab.stages.common import Context
-from genlab.stages.diffusion_training import build_step
+from genlab.stages.diffusion_training import build_step, latent_x0
 from genlab.stages.evaluate import accuracies
 from genlab.stages.train_vae import encode
 from genlab.training import learning_rate
@@ -337,13 +336,9 @@ def genlab_arm(bench: Bench, arm: str, budget: ArmBudget, paths: Paths, params: 
     vae_dir = paths.model("vae") if space == "latent" else None
     if vae_dir is not None:
         vae, vae_cfg = load_vae(vae_dir, device)
-        scale = float(vae_cfg["latent_scale"])
         mean, logvar = encode(vae, train.images, device)
-        extra["latent_scale"] = scale
-
-        def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            eps = torch.randn(mean[idx].shape, generator=g)
-            return reparameterize(mean[idx], logvar[idx], eps) * scale  # scaled latents, unit variance
+        extra["latent_scale"], x0_batch = latent_x0(cfg.latents, lambda idx: (mean[idx], logvar[idx]), len(mean),
+                                                    float(vae_cfg["latent_scale"]))  # the stage's x_0 and scale
         shape = list(mean.shape[1:])
     else:
         extra["latent_scale"] = 1.0

@@ -6,7 +6,8 @@ The latent arm's samples are decoded by the VAE, so its reconstructions show how
 expected to get, though not as a strict bound (bench/README.md, "The latent arm's ceiling on shapes"). Pixel kinds,
 per image and pixel: background where every channel is at -1, edge where the 3x3 neighbourhood differs from the
 pixel by more than 0.05 (summed), the rest interior. Reconstructions decode the posterior means, clamped, as
-`train_vae` scores its rFID.
+`train_vae` scores its rFID. Beside them, the FID/floor of decodes of draws z ~ q(z|x) (three seeded draws): what an
+LDM trained on draws (`ldm.latents: sample`) learns to generate, against the means (`ldm.latents: mean`).
 
     .venv/bin/python bench/vae_recon_errors.py --project .
 Prints a table and writes JSON to --out (bench/results/vae_recon_errors.json).
@@ -24,8 +25,11 @@ import torch.nn.functional as F
 from genlab import inputs
 from genlab.device import describe
 from genlab.paths import Paths
+from genlab.randomness import generator
 from genlab.stages.common import Context, load_data
 from genlab.stages.train_vae import decode, encode, scored
+
+DRAWS = 3  # seeded draws z ~ q(z|x) of the whole test split
 
 
 def pixel_kinds(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -48,7 +52,7 @@ def main() -> None:
     data = load_data(ctx)
     vae, _ = inputs.vae(ctx.paths, data.manifest, ctx.device)
     x = data.test.images.all()
-    mean, _ = encode(vae, x, ctx.device)
+    mean, logvar = encode(vae, x, ctx.device)
     r = decode(vae, mean, ctx.device)
     floor = scored(x, data, ctx)["fid"]
     rows = {}
@@ -57,8 +61,12 @@ def main() -> None:
         rows[kind] = {"fraction": float(mask.float().mean()), "rmse": float(e.pow(2).mean().sqrt()),
                       "mean_error": float(e.mean()), "max_abs_error": float(e.abs().max()),
                       "fid_ratio_with_only_this_error": scored(torch.where(mask, r, x), data, ctx)["fid"] / floor}
+    std = (0.5 * logvar).exp()
+    draws = [scored(decode(vae, mean + std * torch.randn(mean.shape, generator=generator(0, "recon-draw", k)),
+                           ctx.device), data, ctx)["fid"] / floor for k in range(DRAWS)]
     result = {"project": str(args.project.resolve()), "device": describe(ctx.device), "source": data.manifest["source"],
-              "floor_fid": floor, "kinds": rows}
+              "floor_fid": floor, "kinds": rows, "fid_ratio_from_draws": draws,
+              "posterior_std_mean": float(std.mean()), "posterior_mean_std": float(mean.std())}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"floor FID {floor:.4f} ({data.manifest['source']}, {len(x)} test images)")
@@ -66,6 +74,9 @@ def main() -> None:
     for kind, m in rows.items():
         print(f"{kind:12s} {m['fraction']:8.3f} {m['rmse']:7.4f} {m['mean_error']:+8.4f} "
               f"{m['fid_ratio_with_only_this_error']:27.2f}")
+    print(f"decoded from draws z ~ q(z|x), not the means: FID/floor {min(draws):.2f}-{max(draws):.2f} over {DRAWS} "
+          f"draws (posterior std {result['posterior_std_mean']:.3f} on average; the means' std "
+          f"{result['posterior_mean_std']:.3f})")
     print(f"wrote {args.out}")
 
 

@@ -11,6 +11,7 @@ import torch
 from genlab.data import store
 from genlab.latent_cache import Moments, encode_batches, posterior_cache, spread_rows
 from genlab.models.vae import VAE
+from genlab.stages.diffusion_training import latent_x0
 
 
 def _images(tmp_path: Path, n: int, side: int = 16) -> store.Images:
@@ -97,3 +98,20 @@ def test_train_latents_keeps_spread_rows_across_batches(tmp_path: Path, monkeypa
     z = torch.cat([m + torch.exp(0.5 * lv) * torch.randn(m.shape, generator=g) for m, lv in
                    zip(mean.split(6), logvar.split(6), strict=True)])
     assert scale == pytest.approx(1 / float(z.double().std()), rel=1e-9)
+
+
+def test_latent_x0_draws_from_the_posterior_or_takes_its_mean() -> None:
+    g = torch.Generator().manual_seed(3)
+    mean = torch.randn(9000, 2, 2, 2, generator=g) * 0.4 + 0.1  # > 8192 rows: the means' std in two chunks
+    logvar = torch.randn(9000, 2, 2, 2, generator=g) - 1.0
+    read = lambda idx: (mean[idx], logvar[idx])  # noqa: E731
+    idx = torch.tensor([5, 8999, 0])
+    scale, x0 = latent_x0("sample", read, len(mean), 0.8)
+    eps = torch.randn((3, 2, 2, 2), generator=torch.Generator().manual_seed(7))
+    want = (mean[idx] + (0.5 * logvar[idx]).exp() * eps) * 0.8
+    assert scale == 0.8
+    torch.testing.assert_close(x0(idx, torch.Generator().manual_seed(7)), want)
+    scale, x0 = latent_x0("mean", read, len(mean), 0.8)
+    assert scale == pytest.approx(1.0 / float(mean.double().std()), rel=1e-9)
+    torch.testing.assert_close(x0(idx, torch.Generator().manual_seed(7)), mean[idx] * scale)  # no draw
+    assert float((mean * scale).std()) == pytest.approx(1.0, rel=1e-6)

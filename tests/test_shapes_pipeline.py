@@ -7,12 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
+from genlab import inputs
 from genlab.checkpoint import load_snapshot
 from genlab.cli import main
 from genlab.data import shapes
+from genlab.paths import Paths
+from genlab.stages.common import Context, load_data
+from genlab.stages.train_vae import encode
 from tests.conftest import tiny_params
 
 STAGES = ("prepare", "train_evaluator", "train_vae", "train_ldm", "train_pixel", "train_gan", "sample_vae",
@@ -26,6 +31,7 @@ def shapes_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     params["data"].update(source="shapes", shapes_count=1500, test_fraction=0.1)
     for family in ("ldm", "pixel"):
         params[family].update(conditioning="text", cross_attention_levels=[1], fid_every_images=0)
+    params["ldm"]["latents"] = "mean"
     params["sample"].update(n_per_class=1)
     params["evaluate"].update(per_class_fid=False)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -67,6 +73,16 @@ def test_text_conditioned_models_and_attribute_metrics(shapes_run: Path) -> None
     assert m["floor"]["accuracy_colour"] > 0.9
     ev = json.loads((shapes_run / "metrics" / "train_evaluator.json").read_text())
     assert ev["test_accuracy_colour"] > 0.9
+
+
+def test_an_ldm_on_posterior_means_is_scaled_to_their_unit_variance(shapes_run: Path) -> None:
+    ctx = Context(paths=Paths(shapes_run), seed=0, device=torch.device("cpu"))
+    data = load_data(ctx)
+    vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
+    mean, _ = encode(vae, data.train.images, ctx.device)
+    _, cfg = load_snapshot(shapes_run / "models" / "ldm" / "model.safetensors")
+    assert cfg["latent_scale"] == pytest.approx(1.0 / float(mean.double().std()), rel=1e-6)
+    assert cfg["latent_scale"] > vae_cfg["latent_scale"]  # the means vary less than draws z ~ q(z|x)
 
 
 def test_registered_text_ldm_takes_an_optional_prompt_column(shapes_run: Path) -> None:

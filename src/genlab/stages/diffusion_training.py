@@ -28,7 +28,7 @@ from genlab.diffusion.bound import nll_bound_bits_per_dim
 from genlab.diffusion.loss import diffusion_loss, drop_labels
 from genlab.diffusion.sample import as_eps_denoiser, ddim_sample, ddim_timesteps
 from genlab.diffusion.schedules import alpha_bar
-from genlab.latent_cache import posterior_cache
+from genlab.latent_cache import Moments, posterior_cache
 from genlab.models.ema import ema_copy, ema_decay, ema_update
 from genlab.models.unet import UNet
 from genlab.models.vae import VAE, reparameterize
@@ -179,7 +179,7 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
     data: Data = load_data(ctx)
     inputs.evaluator(ctx.paths, data.manifest)  # the cheap FID's: checked before any training
     if space != "latent":
-        return _train(stage, name, cfg, ctx, data, space, vae=None, posterior=None, scale=1.0)
+        return _train(stage, name, cfg, ctx, data, space, vae=None, posterior=None, vae_scale=1.0)
     vae, vae_cfg = inputs.vae(ctx.paths, data.manifest, ctx.device)
     # the train split's q(z|x), encoded once into a file next to the checkpoint and read per batch
     with posterior_cache(vae, data.train.images, ctx.device, ctx.paths.checkpoint(stage).with_suffix(".latents"),
@@ -187,22 +187,47 @@ def train_diffusion(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, s
         return _train(stage, name, cfg, ctx, data, space, vae, posterior, float(vae_cfg["latent_scale"]))
 
 
+Posterior = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # row indices -> (mean, logvar)
+
+
+def latent_x0(latents: str, posterior: Posterior, n: int, vae_scale: float) -> tuple[float, X0Batch]:
+    """The latent space's x_0 for rows of a split of `n` images, and its scale (x_0 of unit variance, as the
+    schedule assumes). latents "sample": z = mean + exp(logvar / 2) * eps, eps ~ N(0, I) drawn each step (the
+    reparameterisation, Kingma & Welling 2014 eq. 10), times the VAE's 1 / std(z); "mean": the posterior mean times
+    1 / std of the split's means (one pass over the rows)."""
+    if latents == "mean":
+        moments = Moments()
+        for i in range(0, n, 8192):
+            moments.add(posterior(torch.arange(i, min(n, i + 8192)))[0])
+        scale = 1.0 / moments.std()
+
+        def x0_mean(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return posterior(idx)[0] * scale
+        return scale, x0_mean
+
+    def x0_sample(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        mean, logvar = posterior(idx)
+        return reparameterize(mean, logvar, torch.randn(mean.shape, generator=g)) * vae_scale
+    return vae_scale, x0_sample
+
+
 def _train(stage: str, name: str, cfg: DiffusionConfig, ctx: Context, data: Data, space: str, vae: VAE | None,
-           posterior: Rows | None, scale: float) -> dict:
-    """Train in `space`: "latent" (x_0 = z * scale, z drawn from the `posterior` rows of `vae`) or "pixel"."""
+           posterior: Rows | None, vae_scale: float) -> dict:
+    """Train in `space`: "latent" (x_0 from the `posterior` rows of `vae`, `latent_x0`) or "pixel"."""
     num_classes = data.manifest["num_classes"]
     extra: dict = {"space": space}
     if vae is not None and posterior is not None:
         vae_dir = ctx.paths.model("vae")
+        cache = posterior
+
+        def read(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, logvar = cache.read(idx).chunk(2, dim=1)
+            return mean, logvar
+        scale, x0_batch = latent_x0(cfg.latents, read, len(data.train), vae_scale)
         t_mean, _ = encode(vae, data.test.images, ctx.device)
         test_x0 = t_mean * scale
         vae_hash = hashlib.sha256((vae_dir / "model.safetensors").read_bytes()).hexdigest()
         extra.update(latent_scale=scale, vae_sha256=vae_hash)
-
-        def x0_batch(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            mean, logvar = posterior.read(idx).chunk(2, dim=1)
-            eps = torch.randn(mean.shape, generator=g)
-            return reparameterize(mean, logvar, eps) * scale  # scaled latents, unit variance
         shape = list(t_mean.shape[1:])
     else:
         test_x0 = data.test.images.all()
