@@ -570,8 +570,8 @@ def run_arm(bench: Bench, arm: str, budget: ArmBudget, project: tuple[Paths, Par
         scored: list[tuple[Any, dict[str, Any]]] = []  # (weights, row) of this mark's variants scored so far
         for variant, weights in mark.weights.items():
             t0 = time.perf_counter()
-            # equal weights sample equal images: diffusers' EMAModel caps every decay at (1 + n) / (10 + n) after
-            # n steps, so decays 0.99, 0.995 and 0.999 hold the same weights for the first ~1,000 steps
+            # equal weights sample equal images: diffusers' EMAModel uses min(decay, n / (9 + n)) at its n-th
+            # update, so decays d1 < d2 hold the same weights for the first 9 d1 / (1 - d1) steps (0.995: 1,791)
             same = next((r for w, r in scored if same_weights(w, weights)), None)
             row = dict(same) if same is not None else score_mark(bench, trained.load(variant, weights),
                                                                  grids[variant][i])

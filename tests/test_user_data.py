@@ -226,7 +226,7 @@ def test_networks_follow_the_image_size() -> None:
 # ------------------------------------------------------------------------------------------------ presets
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10", "folder64"])
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "folder64", "shapes"])
 def test_preset_switches_the_whole_params_set(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                capfd: pytest.CaptureFixture[str]) -> None:
     from genlab.cli import main
@@ -236,10 +236,14 @@ def test_preset_switches_the_whole_params_set(name: str, tmp_path: Path, monkeyp
     assert main(["preset", name]) == 0
     assert "dvc repro" in capfd.readouterr().out
     p = load_params(tmp_path / "params.yaml")
-    want = {"mnist": ("mnist", 32, 1), "cifar10": ("cifar10", 32, 3), "folder64": ("image_folder", 64, 3)}[name]
+    want = {"mnist": ("mnist", 32, 1), "cifar10": ("cifar10", 32, 3), "folder64": ("image_folder", 64, 3),
+            "shapes": ("shapes", 16, None)}[name]
     assert (p.data.source, p.data.image_size, p.data.channels) == want
-    # every section is spelled out, so DVC sees every key a stage reads
-    assert set(yaml.safe_load((tmp_path / "params.yaml").read_text())) == set(yaml.safe_load(
+    # every key is spelled out, so DVC sees every key a stage reads and `git diff params.yaml` shows each switch
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        return {k for name, v in tree.items() for k in
+                {prefix + name} | (keys(v, f"{prefix}{name}.") if isinstance(v, dict) else set())}
+    assert keys(yaml.safe_load((tmp_path / "params.yaml").read_text())) == keys(yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "params.yaml").read_text()))
 
 

@@ -13,7 +13,7 @@ from genlab.errors import GenlabError
 from genlab.paths import atomic_write
 
 DIR = Path(__file__).parent / "presets"
-PRESETS = ("mnist", "cifar10", "folder64")
+PRESETS = ("mnist", "cifar10", "folder64", "shapes")
 
 
 def path_of(name: str) -> Path:
@@ -28,5 +28,7 @@ def apply(name: str, params_path: Path = Path("params.yaml")) -> str:
     params = load_params(source)  # a preset is validated like any params file before it replaces one
     atomic_write(params_path, source.read_text())
     d = params.data
-    return (f"{params_path}: preset {name} (data.source {d.source}, data.path {d.path}, {d.image_size} px, "
-            f"{d.channels or 'native'} channel(s)); put the data at {d.path} (`dvc add` it), then `dvc repro`")
+    where = (f"data.path {d.path}" if d.path else "built in")
+    then = (f"put the data at {d.path} (`dvc add` it), then `dvc repro`" if d.path else "`dvc repro`")
+    return (f"{params_path}: preset {name} (data.source {d.source}, {where}, {d.image_size} px, "
+            f"{d.channels or 'native'} channel(s)); {then}")
