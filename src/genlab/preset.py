@@ -28,7 +28,9 @@ def apply(name: str, params_path: Path = Path("params.yaml")) -> str:
     params = load_params(source)  # a preset is validated like any params file before it replaces one
     atomic_write(params_path, source.read_text())
     d = params.data
-    where = (f"data.path {d.path}" if d.path else "built in")
-    then = (f"put the data at {d.path} (`dvc add` it), then `dvc repro`" if d.path else "`dvc repro`")
+    if d.path:
+        where, then = f"data.path {d.path}", f"put the data at {d.path} (`dvc add` it), then `dvc repro`"
+    else:  # a built-in source: nothing to put in place
+        where, then = "built in", "`dvc repro`"
     return (f"{params_path}: preset {name} (data.source {d.source}, {where}, {d.image_size} px, "
             f"{d.channels or 'native'} channel(s)); {then}")
