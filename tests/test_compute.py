@@ -283,13 +283,30 @@ def test_a_training_section_sets_its_own_precision(tmp_path: Path, monkeypatch: 
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager() -> None:
     """compute.compile: the stage's step through torch.compile (inductor, C++ on CPU) gives the eager losses and
-    weights to float tolerance."""
+    weights to float tolerance.
+
+    Except where the gradient is zero in exact arithmetic: a conv bias whose output a GroupNorm re-centres (one
+    channel a group at these widths), the attention's key bias (softmax is shift-invariant), the embedding rows of
+    classes not in the batch. There both gradients are rounding noise (about 1e-10 against an rms of 2e-3; measured
+    on a 2-core AVX2 EPYC, where inductor's kernels round differently from eager's and the noise differs in sign),
+    and Adam's m/sqrt(v) turns any noise into a step of full size, so those weights differ by chance. Those entries
+    are checked to be noise in both runs; every other weight must match."""
     eager, loss_e = small_ldm_run(ComputeConfig())
     comp, loss_c = small_ldm_run(ComputeConfig(compile=True))
     for a, b in zip(loss_e, loss_c, strict=True):
         assert a.item() == pytest.approx(b.item(), rel=1e-4, abs=1e-6)
-    for p, q in zip(eager.unet.parameters(), comp.unet.parameters(), strict=True):
-        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
+    scale = torch.cat([p.grad.flatten() for p in eager.unet.parameters()]).pow(2).mean().sqrt()
+    noisy = {}  # parameter name -> how many of its entries had a zero-but-for-rounding gradient in the last step
+    for (name, p), q in zip(eager.unet.named_parameters(), comp.unet.parameters(), strict=True):
+        noise = p.grad.abs() < 1e-5 * scale
+        if noise.any():
+            assert (q.grad[noise].abs() < 1e-4 * scale).all(), name  # noise in the compiled run too
+            noisy[name] = int(noise.sum())
+        ge, gc, keep = p.grad[~noise], q.grad[~noise], ~noise
+        assert (ge - gc).norm() <= 1e-3 * ge.norm(), name  # per tensor: single entries can cancel
+        assert torch.allclose(p[keep], q[keep], rtol=1e-3, atol=1e-5), name
+    total = sum(p.numel() for p in eager.unet.parameters())
+    assert sum(noisy.values()) < 0.01 * total, noisy
 
 
 @pytest.mark.slow  # 108 s; test_bf16_autocast_runs_the_forward_in_bf16_and_keeps_fp32_weights is the fast check
@@ -307,7 +324,9 @@ def test_every_training_stage_runs_under_bf16_autocast(tmp_path) -> None:  # noq
     params = tiny_params()
     params["compute"] = {"precision": "bf16", "compile": False}
     for section, n in (("evaluator", 1024), ("vae", 512), ("ldm", 256), ("gan", 256)):
-        params[section].update(train_images=n, log_every_images=128)
+        # null: the stage takes compute.precision (the VAE's and GAN's default `auto` is fp32 on a CPU without bf16
+        # units, an AVX2 EPYC say, which would leave those two stages untested here)
+        params[section].update(train_images=n, log_every_images=128, precision=None)
     params["vae"].update(ae_train_images=128, kl_warmup_images=128)
     params["ldm"].update(fid_every_images=10**9, nll_timesteps=1)
     params["gan"].update(fid_every_images=256, fid_samples=20)  # the cheap FID reads the evaluator's features
