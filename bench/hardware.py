@@ -13,7 +13,8 @@ and unguided, on a batch of --sample-batch latents, then the VAE's decoder on th
 
 With --project (a project where `dvc repro` has run): the orchestration overhead, measured on that project:
 `genlab train_evaluator` run directly, through `dvc repro --force --single-item`, and the Prefect flow over the
-up-to-date pipeline (what the flow adds to a run: its server, its tasks, DVC's checks), and a no-op `dvc repro`.
+up-to-date pipeline (what the flow adds to a run: its server, its tasks, DVC's checks), and a no-op `dvc repro`;
+with --rounds N, the direct and DVC runs take turns N times (ABBA) and the overhead is their differences' median.
 
 Usage: .venv/bin/python bench/hardware.py [--device auto] [--seconds 8] [--project PATH] [--bf16 vae,gan]
        [--compile latent_unet] [--compile-bf16 latent_unet] [--channels-last evaluator]
@@ -236,14 +237,29 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - t0
 
 
-def orchestration(project: Path) -> dict[str, float]:
-    """One stage directly, through DVC and the Prefect flow's cost on the up-to-date pipeline; no-op `dvc repro`."""
+def orchestration(project: Path, rounds: int = 1) -> dict[str, Any]:
+    """One stage directly and through DVC, the Prefect flow's cost on the up-to-date pipeline, a no-op `dvc repro`.
+
+    DVC's overhead is a few seconds around a stage that takes tens, and one pair of runs on a drifting machine read
+    -2.8% and +6.3%: with `rounds` > 1 the two take turns (ABBA: direct first in even rounds, DVC first in odd ones),
+    and the overhead is the median of the rounds' differences, with their range. The no-op `dvc repro` is timed
+    `rounds` + 2 times (median and range)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    out = {"noop_dvc_repro_s": timed(["dvc", "repro"], project, env)}
-    out["direct_train_evaluator_s"] = timed(["genlab", "train_evaluator"], project, env)
-    out["dvc_train_evaluator_s"] = timed(["dvc", "repro", "--force", "--single-item", "train_evaluator"], project, env)
-    out["dvc_overhead_pct"] = 100 * (out["dvc_train_evaluator_s"] / out["direct_train_evaluator_s"] - 1)
+    noop = [timed(["dvc", "repro"], project, env) for _ in range(rounds + 2)]
+    direct_cmd = ["genlab", "train_evaluator"]
+    dvc_cmd = ["dvc", "repro", "--force", "--single-item", "train_evaluator"]
+    direct, via_dvc = [], []
+    for r in range(rounds):
+        for cmd in (direct_cmd, dvc_cmd) if r % 2 == 0 else (dvc_cmd, direct_cmd):
+            (direct if cmd is direct_cmd else via_dvc).append(timed(cmd, project, env))
+        log.info("orchestration round %d: direct %.2f s, through DVC %.2f s", r + 1, direct[-1], via_dvc[-1])
+    diffs = [d - t for d, t in zip(via_dvc, direct, strict=True)]
+    out: dict[str, Any] = {
+        "rounds": rounds, "noop_dvc_repro_s": statistics.median(noop), "noop_dvc_repro_range_s": [min(noop), max(noop)],
+        "direct_train_evaluator_s": statistics.median(direct), "dvc_train_evaluator_s": statistics.median(via_dvc),
+        "dvc_overhead_s": statistics.median(diffs), "dvc_overhead_range_s": [min(diffs), max(diffs)]}
+    out["dvc_overhead_pct"] = 100 * out["dvc_overhead_s"] / out["direct_train_evaluator_s"]
     out["prefect_flow_up_to_date_s"] = timed([str(bin_dir / "python"), str(project / "flows" / "pipeline.py")],
                                              project, env)
     lock = project / "dvc.lock"
@@ -253,7 +269,13 @@ def orchestration(project: Path) -> dict[str, float]:
     if stage_seconds:
         out["prefect_overhead_pct_of_training"] = 100 * out["prefect_flow_up_to_date_s"] / stage_seconds
     out["dvc_lock_present"] = lock.is_file()
-    return {k: round(v, 2) if isinstance(v, float) else v for k, v in out.items()}
+    return {k: rounded(v) for k, v in out.items()}
+
+
+def rounded(v: Any) -> Any:  # noqa: ANN401 (a result value: float, list of floats or anything else)
+    if isinstance(v, float):
+        return round(v, 2)
+    return [rounded(x) for x in v] if isinstance(v, list) else v
 
 
 def main() -> None:
@@ -310,7 +332,7 @@ def main() -> None:
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
     if args.project is not None:
-        result["orchestration"] = orchestration(args.project.resolve())
+        result["orchestration"] = orchestration(args.project.resolve(), args.rounds)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{result['device']}, {result['threads']} threads; matmul {result['matmul_peak_gflops_fp32']} GFLOP/s fp32")
