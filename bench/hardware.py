@@ -331,10 +331,11 @@ def main() -> None:
     result["train"] = train_rows(params, ctx, args.seconds, peaks, variants, batches, args.rounds)
     batch = args.sample_batch or (1024 if device.type == "cuda" else 360)
     result["sampling"] = sampling_rows(params, ctx, batch)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")  # kept if the orchestration's runs fail
     if args.project is not None:
         result["orchestration"] = orchestration(args.project.resolve(), args.rounds)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"\n{result['device']}, {result['threads']} threads; matmul {result['matmul_peak_gflops_fp32']} GFLOP/s fp32")
     print(f"{'train step':34s} {'batch':>5s} {'img/s':>9s} {'GFLOP/step':>11s} {'GFLOP/s':>9s} {'% matmul':>9s}")
     for name, r in result["train"].items():

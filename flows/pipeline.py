@@ -34,7 +34,12 @@ import httpx
 import networkx as nx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+    temporary_settings,
+)
 
 from genlab.preflight import unreachable
 from genlab.tracking import parent_run
@@ -224,6 +229,18 @@ def serve(name: str, cron: str, port: int | None, server_timeout: float) -> None
         pipeline.serve(**deployment)
 
 
+@contextmanager
+def ephemeral_startup_timeout(seconds: float) -> Iterator[None]:
+    """Wait `seconds` for the ephemeral server a run without PREFECT_API_URL starts, unless the user set Prefect's own
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: Prefect's default, 20 s, was too short on a 2-core machine
+    running 4.6x slower than its usual (a large matmul at 36 GFLOP/s, not 169), and the run died in a traceback."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: int(seconds)}):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run or serve the genlab Prefect flow.")
     parser.add_argument("--serve", action="store_true", help="serve the flow as a scheduled deployment")
@@ -232,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None,
                         help="port of the local Prefect server when PREFECT_API_URL is unset (default: 4200 if free)")
     parser.add_argument("--server-timeout", type=float, default=120.0,
-                        help="seconds to wait for the local Prefect server to answer (default: %(default)s)")
+                        help="seconds to wait for the local Prefect server (--serve) or the ephemeral one (a run "
+                             "without PREFECT_API_URL) to answer (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.serve:
         with suppress(KeyboardInterrupt):
             serve(args.name, args.cron, args.port, args.server_timeout)
     else:
-        print(pipeline())
+        with ephemeral_startup_timeout(args.server_timeout):
+            print(pipeline())
     return 0
 
 
