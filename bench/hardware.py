@@ -241,9 +241,9 @@ def orchestration(project: Path, rounds: int = 1) -> dict[str, Any]:
     """One stage directly and through DVC, the Prefect flow's cost on the up-to-date pipeline, a no-op `dvc repro`.
 
     DVC's overhead is a few seconds around a stage that takes tens, and one pair of runs on a drifting machine read
-    -2.8% and +6.3%: with `rounds` > 1 the two take turns (ABBA: direct first in even rounds, DVC first in odd ones),
-    and the overhead is the median of the rounds' differences, with their range. The no-op `dvc repro` is timed
-    `rounds` + 2 times (median and range)."""
+    -2.8% and +6.3%: with `rounds` > 1 the two take turns (ABBA: direct first in rounds 1, 3, ..., DVC first in
+    rounds 2, 4, ..., as the log numbers them), and the overhead is the median of the rounds' differences, with their
+    range. The no-op `dvc repro` is timed `rounds` + 2 times (median and range)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     noop = [timed(["dvc", "repro"], project, env) for _ in range(rounds + 2)]
